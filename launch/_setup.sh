@@ -1,0 +1,39 @@
+# Shared set-up for launch/*.sh: a .venv with the package and the given extras,
+# plus Fashion-MNIST from Debian when apt is available. Idempotent: a stamp file
+# holding the hash of pyproject.toml + extras skips pip when nothing changed.
+# Usage (sourced): EXTRAS="test" source launch/_setup.sh
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-$ROOT/.venv}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+
+stamp="$VENV/.ncfm_jax_installed"
+want="$(cat pyproject.toml; echo "extras=${EXTRAS:-}")"
+want_hash="$(printf '%s' "$want" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_hash" ]; then
+  echo "[setup] installing ncfm-jax${EXTRAS:+[$EXTRAS]} into $VENV (first run takes a few minutes)"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e ".${EXTRAS:+[$EXTRAS]}"
+  echo "$want_hash" > "$stamp"
+else
+  # Editable install: source changes need no reinstall.
+  echo "[setup] $VENV is up to date"
+fi
+
+FMNIST_DIR=/usr/share/datasets/fashion-mnist
+if [ ! -d "$FMNIST_DIR" ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing Debian package dataset-fashion-mnist"
+    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }) \
+      || echo "[setup] WARNING: could not install dataset-fashion-mnist; tests that need it will be skipped"
+  else
+    echo "[setup] NOTE: $FMNIST_DIR missing and apt-get unavailable (or not root): run 'sudo apt-get install dataset-fashion-mnist'"
+  fi
+fi
