@@ -1,0 +1,11 @@
+"""imagefruit (10 ImageNet classes, 128 px), ConvNet-5 (paper Table 2).
+
+  python -m ncfm_jax.main --config=configs/imagefruit.py:ipc=10 --workdir=runs/imagefruit_ipc10
+
+Arguments: ipc (1, 10), source (auto | tfds | folder). See README "Datasets".
+"""
+from ncfm_jax import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.imagenet_subset_config("imagefruit", arg)

@@ -1,0 +1,160 @@
+"""Shared defaults for `configs/*.py` and the parser for their `:arg` strings.
+
+Every config file is `get_config(arg=None) -> ml_collections.ConfigDict`, in the
+big_vision style: `--config=configs/cifar10.py:ipc=10,quick`. The arg string is
+a comma-separated list of `key=value` pairs and bare flags; unknown keys raise.
+Numbers marked (release) are the authors' PyTorch release defaults (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Fields of the config that define *what was computed* in a workdir. A workdir
+# whose stored config differs in any of these is another run (main.py refuses
+# to mix them); `eval` and `run` may change between invocations.
+RESULT_DEFINING_SECTIONS = ("seed", "data", "model", "pretrain", "distill")
+
+
+def parse_arg(arg: str | None, **defaults):
+  """Parses `"ipc=10,quick"` into a ConfigDict over `defaults`.
+
+  Bare words set a boolean default to True. Values are converted to the type of
+  the default (int, float, bool, str). Unknown keys raise ValueError.
+  """
+  parsed = ml_collections.ConfigDict(dict(defaults))
+  if not arg:
+    return parsed
+  for item in arg.split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(
+          f"unknown config argument {key!r}; valid: {sorted(defaults)}")
+    default = defaults[key]
+    if not sep:
+      if not isinstance(default, bool):
+        raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+      parsed[key] = True
+    elif isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config argument {key}={value!r} is not a boolean")
+      parsed[key] = value.lower() in ("true", "1")
+    elif isinstance(default, int):
+      parsed[key] = int(value)
+    elif isinstance(default, float):
+      parsed[key] = float(value)
+    else:
+      parsed[key] = value
+  return parsed
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The release's hyper-parameters for a 32 px ConvNet-3 run (CIFAR-like)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "cifar10"
+  config.data.source = "auto"  # auto | tfds | idx | folder
+  config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  config.data.image_size = 32
+  config.data.classes = ml_collections.FieldReference(None, field_type=list)
+  config.data.max_train_per_class = ml_collections.FieldReference(
+      None, field_type=int)
+  config.data.max_test = ml_collections.FieldReference(None, field_type=int)
+  # Above this many bytes of uint8 training images, real batches are streamed
+  # from host memory each call instead of sampled on the device.
+  config.data.device_limit_mb = 4096
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "convnet"
+  config.model.width = 128
+  config.model.depth = 3
+  config.model.norm = "instance"
+
+  # The pool of feature extractors (DESIGN.md section 5).
+  config.pretrain = ml_collections.ConfigDict()
+  config.pretrain.num_models = 20  # (release) num_premodel
+  config.pretrain.epochs = 60  # (release) 60 for 32 px, 80 for 128 px
+  config.pretrain.batch_size = 256
+  config.pretrain.optimizer = "sgd"
+  config.pretrain.lr = 0.01
+  config.pretrain.momentum = 0.9
+  config.pretrain.weight_decay = 5e-4
+  config.pretrain.augment = "color_crop"
+  config.pretrain.cutmix_prob = 0.5
+  config.pretrain.cutmix_beta = 1.0
+  config.pretrain.steps_per_call = 50
+
+  # The min-max loop (DESIGN.md section 4).
+  config.distill = ml_collections.ConfigDict()
+  config.distill.ipc = 10
+  config.distill.factor = 2
+  config.distill.init = "mix"  # mix | real | noise
+  config.distill.steps = 20000
+  config.distill.batch_real = 256  # real images per class per step
+  config.distill.loss = "ncfd"  # ncfd | mmd
+  config.distill.sampler = "psi"  # psi | gaussian
+  config.distill.psi_variant = "mixture"  # mixture | release
+  config.distill.num_freqs = 4096
+  config.distill.freq_chunk = ml_collections.FieldReference(None, field_type=int)
+  config.distill.alpha = 0.5
+  config.distill.beta = 0.5
+  config.distill.loss_scale = 300.0  # (release) per-class multiplier
+  config.distill.lr = 1e-3  # (release) 0.01 x 0.1
+  config.distill.weight_decay = 5e-4
+  config.distill.plateau_patience = 500
+  config.distill.plateau_factor = 0.5
+  config.distill.psi_lr = 1e-3
+  config.distill.psi_momentum = 0.5
+  config.distill.calibration_weight = 1.0
+  config.distill.augment = "color_crop_cutout"
+  # Steps run per host call: `lax.scan` over this many steps when use_scan,
+  # else a Python loop over a jitted single step (faster on CPU, DESIGN.md 9).
+  config.distill.steps_per_call = 10
+  config.distill.use_scan = True
+  config.distill.unroll = 1
+  config.distill.checkpoint_every = 500
+  config.distill.keep_checkpoints = 2
+  config.distill.log_every = 50
+
+  # Training networks from scratch on the synthetic set (DESIGN.md section 8).
+  config.eval = ml_collections.ConfigDict()
+  config.eval.source = "distilled"  # distilled | random_real | init
+  config.eval.baselines = True  # mode=all also evaluates random_real and init
+  config.eval.num_eval = 5
+  config.eval.archs = ["convnet"]
+  config.eval.epochs = 1000
+  config.eval.max_steps = ml_collections.FieldReference(None, field_type=int)
+  config.eval.batch_size = 128
+  config.eval.optimizer = "adamw"
+  config.eval.lr = 1e-3
+  config.eval.momentum = 0.9
+  config.eval.weight_decay = 5e-4
+  config.eval.augment = "color_crop"
+  config.eval.cutmix_prob = 0.5
+  config.eval.cutmix_beta = 1.0
+  config.eval.soft_labels = False
+  config.eval.soft_label_temperature = 1.0
+  config.eval.steps_per_call = 50
+  return config
+
+
+def imagenet_subset_config(name: str, arg: str | None) -> ml_collections.ConfigDict:
+  """ImageNet subsets at 128 px with ConvNet-5 (paper Table 2: ipc 1 and 10)."""
+  args = parse_arg(arg, ipc=10, source="auto")
+  config = base_config()
+  config.data.name = name
+  config.data.source = args.source
+  config.data.image_size = 128
+  config.model.depth = 5
+  config.pretrain.epochs = 80  # (release) 128 px
+  config.pretrain.batch_size = 128
+  config.distill.ipc = args.ipc
+  config.distill.batch_real = 128
+  config.eval.epochs = 1000 if args.ipc <= 10 else 500
+  return config

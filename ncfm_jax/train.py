@@ -1,0 +1,201 @@
+"""Training a classifier from scratch: shared by pretraining the pool and evaluation.
+
+Both phases train the same way (DESIGN.md sections 7 and 8): per-sample DSA
+augmentation, CutMix, soft or one-hot targets, a multi-step learning-rate decay
+(x0.5 at each fifth of training). Steps run in chunks: `lax.scan` over
+`steps_per_call` steps per host call, batch indices prepared on the host from one
+permutation per epoch (a few KB per call; images stay on the device).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ncfm_jax import augment as augment_lib
+from ncfm_jax.progress import Progress
+
+
+class TrainState(NamedTuple):
+  step: jax.Array
+  params: Any
+  batch_stats: Any  # {} for models without batch norm
+  opt_state: Any
+
+
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+  """uint8 `[..., H, W, C]` or float in [0, 1] -> normalised float32."""
+  if images.dtype == jnp.uint8:
+    images = images.astype(jnp.float32) / 255.0
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  return (images - mean) / std
+
+
+def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation:
+  """SGD (momentum) or AdamW with lr x0.5 at each fifth of `total_steps`."""
+  boundaries = {int(total_steps * k / 5): 0.5 for k in range(1, 5)
+                if int(total_steps * k / 5) > 0}
+  schedule = optax.piecewise_constant_schedule(opt_config.lr, boundaries)
+  if opt_config.optimizer == "sgd":
+    return optax.chain(
+        optax.add_decayed_weights(opt_config.weight_decay),
+        optax.sgd(schedule, momentum=opt_config.momentum, nesterov=False))
+  if opt_config.optimizer == "adamw":
+    return optax.adamw(schedule, weight_decay=opt_config.weight_decay)
+  raise ValueError(f"unknown optimizer {opt_config.optimizer!r}; use sgd or adamw")
+
+
+def init_variables(key: jax.Array, model, example: jax.Array) -> dict:
+  """Flax variables `{'params': ..., ['batch_stats': ...]}` for `example` `[1, H, W, C]`."""
+  return dict(model.init(key, example, train=False))
+
+
+def soft_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Mean over the batch of `-sum_k targets_k log softmax(logits)_k`; logits `[B, K]`."""
+  return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+def _apply_train(model, params, batch_stats, images):
+  """Forward in training mode; returns (logits, new batch_stats)."""
+  if batch_stats:
+    (_, logits), updates = model.apply(
+        {"params": params, "batch_stats": batch_stats}, images, train=True,
+        mutable=["batch_stats"])
+    return logits, updates["batch_stats"]
+  _, logits = model.apply({"params": params}, images, train=True)
+  return logits, batch_stats
+
+
+def make_train_chunk(model, tx, train_config, mean, std,
+                     teacher: Callable[[jax.Array], jax.Array] | None = None):
+  """Builds `chunk(state, images, targets, batch_idx [S, B], keys [S]) -> (state, losses [S])`.
+
+  `images` uint8 or float in [0, 1] `[N, H, W, C]`, `targets` `[N, K]` (one-hot
+  or soft). `teacher(normalised images) -> logits`, when given, replaces the
+  targets by its softmax at `train_config.soft_label_temperature` on the very
+  batch the student sees (after augmentation and CutMix).
+  """
+  strategy = train_config.augment
+  temperature = float(train_config.get("soft_label_temperature", 1.0))
+
+  def step(state: TrainState, images, targets, idx, key):
+    k_aug, k_mix = jax.random.split(key)
+    x = normalize(images[idx], mean, std)
+    y = targets[idx]
+    x = augment_lib.augment(k_aug, x, strategy, per_sample=True)
+    x, y = augment_lib.cutmix(k_mix, x, y, prob=train_config.cutmix_prob,
+                              beta=train_config.cutmix_beta)
+    if teacher is not None:
+      y = jax.nn.softmax(jax.lax.stop_gradient(teacher(x)) / temperature)
+
+    def loss_fn(params):
+      logits, new_stats = _apply_train(model, params, state.batch_stats, x)
+      return soft_cross_entropy(logits, y), new_stats
+
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(state.step + 1, params, new_stats, opt_state), loss
+
+  def chunk(state, images, targets, batch_idx, keys):
+    def body(carry, xs):
+      return step(carry, images, targets, *xs)
+    return jax.lax.scan(body, state, (batch_idx, keys))
+
+  return jax.jit(chunk, donate_argnums=(0,))
+
+
+def epoch_batches(rng: np.random.Generator, num_examples: int, batch_size: int,
+                  num_steps: int) -> np.ndarray:
+  """`[num_steps, batch]` indices: consecutive slices of per-epoch permutations."""
+  batch_size = min(batch_size, num_examples)
+  per_epoch = num_examples // batch_size
+  rows = []
+  while len(rows) < num_steps:
+    perm = rng.permutation(num_examples)
+    rows.extend(perm[i * batch_size:(i + 1) * batch_size] for i in range(per_epoch))
+  return np.stack(rows[:num_steps]).astype(np.int32)
+
+
+def train_classifier(key: jax.Array, model, images, targets, train_config, *,
+                     num_steps: int, mean, std, teacher=None,
+                     desc: str = "train", init_variables_=None,
+                     log_every_seconds: float = 10.0):
+  """Trains `model` from scratch on (`images`, `targets`); returns Flax variables.
+
+  Args:
+    key: PRNG key (initialisation, augmentation, batch order).
+    model: a Flax module returning `(features, logits)`.
+    images: `[N, H, W, C]` uint8 or float32 in [0, 1], device-resident.
+    targets: `[N, K]` one-hot or soft labels.
+    train_config: a config section with optimizer, lr, momentum, weight_decay,
+      batch_size, augment, cutmix_prob, cutmix_beta, steps_per_call.
+    num_steps: optimizer steps.
+    init_variables_: start from these variables instead of a fresh init.
+  """
+  images = jnp.asarray(images)
+  targets = jnp.asarray(targets, jnp.float32)
+  k_init, k_steps, k_order = jax.random.split(key, 3)
+  variables = init_variables_ or init_variables(
+      k_init, model, normalize(images[:1], mean, std))
+  tx = make_optimizer(train_config, num_steps)
+  params = variables["params"]
+  state = TrainState(jnp.zeros((), jnp.int32), params,
+                     variables.get("batch_stats", {}), tx.init(params))
+  chunk_fn = make_train_chunk(model, tx, train_config, mean, std, teacher)
+
+  order_seed = int(jax.random.randint(k_order, (), 0, 2**31 - 1))
+  batch_idx = epoch_batches(np.random.default_rng(order_seed), images.shape[0],
+                            train_config.batch_size, num_steps)
+  step_keys = jax.random.split(k_steps, num_steps)
+  per_call = max(1, int(train_config.steps_per_call))
+  progress = Progress(desc, num_steps, every_seconds=log_every_seconds)
+  done = 0
+  while done < num_steps:
+    n = min(per_call, num_steps - done)
+    state, losses = chunk_fn(state, images, targets,
+                             jnp.asarray(batch_idx[done:done + n]),
+                             step_keys[done:done + n])
+    done += n
+    progress.update(done, loss=float(losses[-1]))
+  out = {"params": state.params}
+  if state.batch_stats:
+    out["batch_stats"] = state.batch_stats
+  return out
+
+
+def make_logits_fn(model, variables, mean, std):
+  """Jitted `normalised images -> logits` in inference mode (teacher, calibration)."""
+  @jax.jit
+  def logits_fn(x):
+    return model.apply(variables, x, train=False)[1]
+  return logits_fn
+
+
+def accuracy(model, variables, images, labels, mean, std,
+             batch_size: int = 1000) -> float:
+  """Top-1 accuracy in percent of `model` on uint8 `images` `[N, H, W, C]`."""
+
+  @jax.jit
+  def predict(batch):
+    return jnp.argmax(model.apply(variables, normalize(batch, mean, std),
+                                  train=False)[1], axis=-1)
+
+  images = np.asarray(images)
+  labels = np.asarray(labels)
+  num = images.shape[0]
+  correct = 0
+  for start in range(0, num, batch_size):
+    batch = images[start:start + batch_size]
+    pad = batch_size - batch.shape[0]
+    if pad:  # one compiled shape for every batch
+      batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
+    pred = np.asarray(predict(jnp.asarray(batch)))[:batch_size - pad]
+    correct += int((pred == labels[start:start + batch_size]).sum())
+  return 100.0 * correct / num

@@ -1,0 +1,148 @@
+"""The run directory: its config guard, metrics.json and the output artefacts.
+
+Layout of a workdir:
+  config.json        the result-defining part of the config (a guard: another
+                     config in the same workdir is refused, nothing overwritten)
+  pool/              Orbax checkpoints, one step per pool member {init, trained}
+  distill_ckpt/      Orbax checkpoints of the distillation state
+  distill_history.json  per-step loss curves (rewritten at each checkpoint)
+  init.npz           the synthetic set as initialised (baseline `init`)
+  distilled.npz      stored images, decoded images (uint8), labels, class names
+  distilled.png      one row per class;  loss.png: loss curves
+  metrics.json       results (schema in README)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from ncfm_jax import config_lib
+
+# Knobs that change how a run executes, not what it computes: they may differ
+# between invocations on the same workdir.
+RUNTIME_KEYS = frozenset({
+    "data.device_limit_mb", "data.data_dir",
+    "distill.steps_per_call", "distill.use_scan", "distill.unroll",
+    "distill.checkpoint_every", "distill.keep_checkpoints", "distill.log_every",
+    "pretrain.steps_per_call",
+})
+
+
+class WorkdirError(ValueError):
+  """The workdir cannot be used with this config (nothing was changed)."""
+
+
+def _flatten(tree, prefix=""):
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(_flatten(value, name + "."))
+    else:
+      flat[name] = value
+  return flat
+
+
+def result_defining(config) -> dict:
+  """The JSON-able part of `config` that defines what a workdir holds."""
+  full = json.loads(config.to_json_best_effort())
+  kept = {k: full[k] for k in config_lib.RESULT_DEFINING_SECTIONS if k in full}
+  return {k: v for k, v in _flatten(kept).items() if k not in RUNTIME_KEYS}
+
+
+def check_or_write_config(workdir: str, config) -> None:
+  """Writes workdir/config.json, or checks it matches `config`; raises WorkdirError."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  wanted = result_defining(config)
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        stored = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+      raise WorkdirError(f"{path} is unreadable ({err}); use another --workdir") from err
+    diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    if diff:
+      shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff[:4])
+      raise WorkdirError(
+          f"{workdir} holds a run with a different config ({shown}"
+          f"{', ...' if len(diff) > 4 else ''}); use another --workdir")
+    return
+  write_json(path, wanted)
+
+
+def write_json(path: str, obj) -> None:
+  """Atomic JSON write (a crash leaves the old file or the new, never half)."""
+  directory = os.path.dirname(path) or "."
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+  with os.fdopen(fd, "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=False)
+  os.replace(tmp, path)
+
+
+def read_json(path: str, default=None):
+  if not os.path.exists(path):
+    return default
+  with open(path) as f:
+    return json.load(f)
+
+
+def update_metrics(workdir: str, **sections) -> dict:
+  """Merges `sections` into workdir/metrics.json (atomically) and returns it."""
+  path = os.path.join(workdir, "metrics.json")
+  metrics = read_json(path, {})
+  metrics.update(sections)
+  write_json(path, metrics)
+  return metrics
+
+
+def save_npz(path: str, **arrays) -> None:
+  directory = os.path.dirname(path) or "."
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz")
+  os.close(fd)
+  np.savez_compressed(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def to_uint8(images) -> np.ndarray:
+  return np.asarray(np.clip(np.round(np.asarray(images) * 255.0), 0, 255), np.uint8)
+
+
+def save_image_grid(path: str, images: np.ndarray, max_columns: int = 20) -> None:
+  """`images` `[C, n, H, W, Ch]` in [0, 1] -> PNG, one row per class."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  classes, n, height, width, channels = images.shape
+  n = min(n, max_columns)
+  grid = np.ones((classes * (height + 2), n * (width + 2), channels), np.float32)
+  for c in range(classes):
+    for i in range(n):
+      top, left = c * (height + 2) + 1, i * (width + 2) + 1
+      grid[top:top + height, left:left + width] = images[c, i]
+  grid = to_uint8(grid)
+  mode = "L" if channels == 1 else "RGB"
+  Image.fromarray(grid[..., 0] if channels == 1 else grid, mode=mode).save(path)
+
+
+def save_loss_plot(path: str, history: dict) -> None:
+  """Loss curves (`history[name]` per step) -> PNG."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  names = [k for k in ("loss", "calibration") if history.get(k)]
+  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.5), squeeze=False)
+  for ax, name in zip(axes[0], names):
+    values = np.asarray(history[name], np.float64)
+    ax.plot(values, lw=0.5, alpha=0.4)
+    window = max(1, len(values) // 50)
+    if window > 1:
+      smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+      ax.plot(np.arange(window - 1, len(values)), smooth, lw=1.5)
+    ax.set_title("match loss (sum over classes)" if name == "loss" else "calibration CE")
+    ax.set_xlabel("step")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
