@@ -13,13 +13,18 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 
-stamp="$VENV/.ncfm_jax_installed"
+stamp="$VENV/.installed-${EXTRAS:-base}"
 want="$(cat pyproject.toml; echo "extras=${EXTRAS:-}")"
 want_hash="$(printf '%s' "$want" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want_hash" ]; then
   echo "[setup] installing ncfm-jax${EXTRAS:+[$EXTRAS]} into $VENV (first run takes a few minutes)"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e ".${EXTRAS:+[$EXTRAS]}"
+  log="$VENV/pip-install.log"
+  if ! { "$VENV/bin/python" -m pip install --upgrade pip \
+         && "$VENV/bin/python" -m pip install -e ".${EXTRAS:+[$EXTRAS]}"; } >"$log" 2>&1; then
+    tail -n 30 "$log"
+    echo "[setup] ERROR: pip install failed; full log in $log" >&2
+    exit 1
+  fi
   echo "$want_hash" > "$stamp"
 else
   # Editable install: source changes need no reinstall.

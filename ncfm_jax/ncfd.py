@@ -22,6 +22,7 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.typing import ArrayLike
 
 # Lower bound of the phase term and of the square root's argument: keeps the
@@ -153,10 +154,10 @@ def _block_integrand(
   """``sqrt(alpha amp + beta pha)`` at each frequency of ``t_block [k, D]``."""
   # Two products, not one over concat(real, syn): when only syn is
   # differentiated (the distillation step) the real side has no backward pass.
-  ecf_real = jax.ad_checkpoint.checkpoint_name(
+  ecf_real = checkpoint_name(
       _ecf(real, t_block, precision), _ECF_CHECKPOINT_NAME
   )
-  ecf_syn = jax.ad_checkpoint.checkpoint_name(
+  ecf_syn = checkpoint_name(
       _ecf(syn, t_block, precision), _ECF_CHECKPOINT_NAME
   )
   amplitude, phase = _terms_from_ecfs(*ecf_real, *ecf_syn)
