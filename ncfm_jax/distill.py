@@ -173,21 +173,29 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
       calibration = jnp.sum(jnp.mean(ce, axis=1))
     return match + cfg.calibration_weight * calibration, (match, calibration)
 
-  def distill_step(state: DistillState, pool: Pool, real_batch: jax.Array):
+  def _prepare(state, pool, real_batch):
+    """Per-step randomness, the extractor draw and the real features (no gradient)."""
     key = jax.random.fold_in(state.key, state.step)
     k_pool, k_aug, k_freq = jax.random.split(key, 3)
-    classes = real_batch.shape[0]
-    aug_keys = jax.random.split(k_aug, classes)
+    aug_keys = jax.random.split(k_aug, real_batch.shape[0])
     blended, trained = _member(pool, k_pool)
-
     real = augment_per_class(aug_keys, normalize(real_batch, mean, std))
     real_feats, _ = embed(blended, real)
-    real_feats = jax.lax.stop_gradient(real_feats)
+    return (jax.lax.stop_gradient(real_feats), blended, trained, (aug_keys, k_freq))
 
+  def evaluate(state: DistillState, pool: Pool, real_batch: jax.Array):
+    """(match, calibration) of `state` with the randomness of its step (for tests)."""
+    real_feats, blended, trained, keys = _prepare(state, pool, real_batch)
+    _, aux = losses(state.syn_images, state.psi_params, state.psi_batch_stats,
+                    real_feats, blended, trained, keys)
+    return aux
+
+  def distill_step(state: DistillState, pool: Pool, real_batch: jax.Array):
+    real_feats, blended, trained, keys = _prepare(state, pool, real_batch)
     grad_fn = jax.value_and_grad(losses, argnums=(0, 1), has_aux=True)
     (_, (match, calibration)), (image_grads, psi_grads) = grad_fn(
         state.syn_images, state.psi_params, state.psi_batch_stats, real_feats,
-        blended, trained, (aug_keys, k_freq))
+        blended, trained, keys)
 
     updates, image_opt_state = image_tx.update(
         image_grads, state.image_opt_state, state.syn_images, value=match)
@@ -204,6 +212,7 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
                "lr_scale": image_opt_state[1].scale}
     return new_state, metrics
 
+  distill_step.evaluate = evaluate
   return distill_step
 
 

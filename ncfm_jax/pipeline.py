@@ -334,8 +334,10 @@ def run(config, workdir: str, mode: str = "all") -> dict:
   if mode not in MODES:
     raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
   validate_config(config)
-  wd.check_or_write_config(workdir, config)
-  r = Run(config, workdir)
+  known = wd.check_config(workdir, config)
+  r = Run(config, workdir)  # loads the data: bad data fails before anything is written
+  if not known:
+    wd.write_config(workdir, config)
   metrics = wd.read_json(r.path("metrics.json"), {})
   wd.update_metrics(workdir, dataset=r.dataset.name, ipc=int(config.distill.ipc),
                     config=wd.result_defining(config))

@@ -54,25 +54,30 @@ def result_defining(config) -> dict:
   return {k: v for k, v in _flatten(kept).items() if k not in RUNTIME_KEYS}
 
 
-def check_or_write_config(workdir: str, config) -> None:
-  """Writes workdir/config.json, or checks it matches `config`; raises WorkdirError."""
-  os.makedirs(workdir, exist_ok=True)
+def check_config(workdir: str, config) -> bool:
+  """True when workdir/config.json exists and matches `config`; raises WorkdirError
+  when it holds another config. Writes nothing."""
   path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return False
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except (OSError, json.JSONDecodeError) as err:
+    raise WorkdirError(f"{path} is unreadable ({err}); use another --workdir") from err
   wanted = result_defining(config)
-  if os.path.exists(path):
-    try:
-      with open(path) as f:
-        stored = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-      raise WorkdirError(f"{path} is unreadable ({err}); use another --workdir") from err
-    diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
-    if diff:
-      shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff[:4])
-      raise WorkdirError(
-          f"{workdir} holds a run with a different config ({shown}"
-          f"{', ...' if len(diff) > 4 else ''}); use another --workdir")
-    return
-  write_json(path, wanted)
+  diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+  if diff:
+    shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff[:4])
+    raise WorkdirError(
+        f"{workdir} holds a run with a different config ({shown}"
+        f"{', ...' if len(diff) > 4 else ''}); use another --workdir")
+  return True
+
+
+def write_config(workdir: str, config) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  write_json(os.path.join(workdir, "config.json"), result_defining(config))
 
 
 def write_json(path: str, obj) -> None:

@@ -1,0 +1,137 @@
+"""The CLI end to end on a tiny real Fashion-MNIST subset, resume, and bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ncfm_jax import pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FMNIST = "/usr/share/datasets/fashion-mnist"
+TINY = "configs/fashion_mnist.py:tiny"
+
+needs_fmnist = pytest.mark.skipif(
+    not os.path.isdir(FMNIST), reason=f"{FMNIST} missing (apt-get install dataset-fashion-mnist)")
+
+
+def _cli(workdir, *flags, config=TINY):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run(
+      [sys.executable, "-m", "ncfm_jax.main", f"--config={config}",
+       f"--workdir={workdir}", *flags],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _tiny_config():
+  sys.path.insert(0, ROOT)
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("fm", os.path.join(ROOT, "configs/fashion_mnist.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+  """A workdir holding the tiny pool (pretrained once for the module)."""
+  if not os.path.isdir(FMNIST):
+    pytest.skip(f"{FMNIST} missing")
+  workdir = str(tmp_path_factory.mktemp("pool") / "run")
+  pipeline.run(_tiny_config(), workdir, mode="pretrain")
+  return workdir
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_cli_end_to_end(tmp_path):
+  workdir = tmp_path / "run"
+  result = _cli(workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  assert metrics["dataset"] == "fashion_mnist" and metrics["ipc"] == 2
+  assert metrics["distill"]["steps"] == 6 and metrics["distill"]["seconds_per_step"] > 0
+  for section in ("eval", "baseline_random_real", "baseline_init"):
+    run = metrics[section]["convnet"]
+    assert len(run["runs"]) == 1 and 0.0 <= run["mean"] <= 100.0
+  for name in ("distilled.npz", "distilled.png", "loss.png", "config.json"):
+    assert (workdir / name).exists(), name
+  distilled = np.load(workdir / "distilled.npz")
+  assert distilled["images"].shape == (3, 2, 28, 28, 1)
+  assert distilled["decoded"].shape == (24, 28, 28, 1) and distilled["decoded"].dtype == np.uint8
+  assert list(distilled["labels"]) == [0] * 8 + [1] * 8 + [2] * 8
+  assert "| convnet |" in result.stdout
+  # Re-running finds every phase done and recomputes nothing.
+  again = _cli(workdir)
+  assert again.returncode == 0 and "[distill]" not in again.stdout and "[pretrain" not in again.stdout
+
+
+@needs_fmnist
+def test_interrupted_distillation_resumes_to_the_same_images(pretrained, tmp_path, monkeypatch):
+  config = _tiny_config()
+  straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
+  shutil.copytree(pretrained, straight)
+  shutil.copytree(pretrained, interrupted)
+  pipeline.run(config, straight, mode="distill")
+
+  original_update = pipeline.Progress.update
+
+  def crash_after_first_checkpoint(self, step, **kw):
+    original_update(self, step, **kw)
+    if step >= config.distill.checkpoint_every:
+      raise KeyboardInterrupt("simulated kill")
+
+  monkeypatch.setattr(pipeline.Progress, "update", crash_after_first_checkpoint)
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.run(config, interrupted, mode="distill")
+  assert not os.path.exists(os.path.join(interrupted, "distilled.npz"))
+  monkeypatch.setattr(pipeline.Progress, "update", original_update)
+  pipeline.run(config, interrupted, mode="distill")
+
+  a = np.load(os.path.join(straight, "distilled.npz"))["images"]
+  b = np.load(os.path.join(interrupted, "distilled.npz"))["images"]
+  np.testing.assert_allclose(a, b, atol=1e-6)
+  history = json.load(open(os.path.join(interrupted, "distill_history.json")))
+  assert len(history["loss"]) == config.distill.steps
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.data.name=nosuchset", "nosuchset"),
+    ("--config.distill.ipc=0", "ipc"),
+    ("--config.distill.factor=0", "factor"),
+    ("--config.distill.num_freqs=100", "num_freqs"),
+])
+def test_bad_config_is_one_clear_line_and_writes_nothing(tmp_path, flag, message):
+  workdir = tmp_path / "run"
+  result = _cli(workdir, flag)
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert message in last and last.startswith("error:"), result.stderr[-2000:]
+  assert not workdir.exists() or not any(workdir.iterdir())
+
+
+@needs_fmnist
+def test_workdir_with_another_config_is_refused_untouched(pretrained, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(pretrained, workdir)
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+  result = _cli(workdir, "--config.distill.alpha=0.9")
+  assert result.returncode == 2
+  assert "different config" in result.stderr and "distill.alpha" in result.stderr
+  assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+
+
+@needs_fmnist
+def test_unreadable_checkpoint_is_a_clear_error(pretrained, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(pretrained, workdir)
+  for path in (workdir / "pool").rglob("*"):
+    if path.is_file() and path.stat().st_size > 0 and "_METADATA" not in path.name:
+      path.write_bytes(b"garbage")
+  result = _cli(workdir, "--mode=distill")
+  assert result.returncode == 2
+  assert "unreadable" in result.stderr.strip().splitlines()[-1]
