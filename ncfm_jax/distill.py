@@ -232,6 +232,8 @@ def make_run_steps(distill_step, distill_config, num_steps: int):
       source_item = sampling.sample_class_batches(key, source_item, batch_real)
     return distill_step(state, pool, source_item)
 
+  jitted_one = jax.jit(one, donate_argnums=(0,))
+
   if distill_config.use_scan:
     @functools.partial(jax.jit, donate_argnums=(0,))
     def run(state, pool, source):
@@ -241,9 +243,8 @@ def make_run_steps(distill_step, distill_config, num_steps: int):
                             unroll=int(distill_config.unroll))
       return jax.lax.scan(lambda s, batch: one(s, pool, batch), state, source,
                           unroll=int(distill_config.unroll))
+    run.jitted_step = jitted_one
     return run
-
-  jitted_one = jax.jit(one, donate_argnums=(0,))
 
   def run(state, pool, source):
     history = []
