@@ -41,9 +41,20 @@ def _is_concrete(x: jax.Array) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
+@jax.jit
+def _all_finite(x: jax.Array) -> jax.Array:
+  return jnp.all(jnp.isfinite(x))
+
+
 def _check_finite(name: str, x: jax.Array) -> None:
-  # Only for concrete inputs: a data-dependent check cannot run under jit/grad.
-  if _is_concrete(x) and x.size and not bool(jnp.all(jnp.isfinite(x))):
+  # Only for concrete inputs: a data-dependent check cannot run on tracers.
+  if not _is_concrete(x) or not x.size:
+    return
+  # A concrete array closed over by a jitted function is still checked, once,
+  # at trace time: evaluate eagerly instead of staging the check into the graph.
+  with jax.ensure_compile_time_eval():
+    finite = bool(_all_finite(x))
+  if not finite:
     raise ValueError(f"{name} contains non-finite values (NaN or inf).")
 
 
@@ -164,6 +175,7 @@ def _block_integrand(
   return _integrand(amplitude, phase, alpha, beta)
 
 
+@functools.partial(jax.jit, static_argnames=("freq_chunk", "precision"))
 def _ncfd_unchecked(
     real: jax.Array,
     syn: jax.Array,
@@ -173,7 +185,11 @@ def _ncfd_unchecked(
     freq_chunk: int | None,
     precision: jax.lax.PrecisionLike,
 ) -> jax.Array:
-  """NCFD without validation; ``freq_chunk`` already validated."""
+  """NCFD without validation; ``freq_chunk`` already validated.
+
+  Jitted so that eager calls compile once per shape instead of re-tracing the
+  block loop on every call; inside a caller's jit it is simply inlined.
+  """
   num_freqs, dim = t.shape
   block_fn = functools.partial(
       _block_integrand, real, syn, alpha=alpha, beta=beta, precision=precision

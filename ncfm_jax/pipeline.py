@@ -28,6 +28,12 @@ EVAL_SOURCES = {"distilled": "eval", "random_real": "baseline_random_real",
                 "init": "baseline_init"}
 
 
+# Host-sampler streams for the initial set and the random-real baseline (far from
+# the distillation steps 0, 1, 2, ... that a streamed run uses).
+_INIT_STREAM = 2**40
+_RANDOM_REAL_STREAM = 2**40 + 1
+
+
 class PhaseError(RuntimeError):
   """A phase cannot run (missing prerequisite, non-finite loss, bad checkpoint)."""
 
@@ -55,9 +61,9 @@ def validate_config(config) -> None:
   if config.eval.source not in EVAL_SOURCES:
     raise ValueError(f"eval.source must be one of {sorted(EVAL_SOURCES)}, "
                      f"got {config.eval.source!r}")
-  for arch in config.eval.archs:
-    models.check_model_name(arch)
-  models.check_model_name(config.model.name)
+  for arch in [config.model.name, *config.eval.archs]:
+    if arch not in models.MODEL_NAMES:
+      raise ValueError(f"unknown model {arch!r}; valid: {', '.join(models.MODEL_NAMES)}")
 
 
 class Run:
@@ -155,15 +161,20 @@ class Run:
     return data_lib.make_class_indexed(self.dataset.train_images,
                                        self.dataset.train_labels, self.num_classes)
 
-  def initial_synthetic(self, class_data) -> jnp.ndarray:
+  def real_subset(self, stream: int, per_class: int) -> np.ndarray:
+    """uint8 `[C, per_class, H, W, Ch]` distinct random real images per class (host,
+    seeded by (seed, stream): the same whether or not the data sits on the device)."""
+    sampler = data_lib.HostClassSampler(self.dataset.train_images, self.dataset.train_labels,
+                                        self.num_classes, seed=self.config.seed)
+    return sampler.sample(per_class, step=stream)
+
+  def initial_synthetic(self) -> jnp.ndarray:
     """`[C, ipc, H, W, Ch]` in [0, 1], deterministic for the seed; saved as init.npz."""
     d = self.config.distill
-    key = jax.random.fold_in(self.key, 2)
-    k_real, k_init = jax.random.split(key)
     needed = d.ipc * (d.factor**2 if d.init == "mix" else 1)
-    real = data_lib.sample_class_batches(k_real, class_data, needed)
-    real = real.astype(jnp.float32) / 255.0
-    return parameterize.init_synthetic(k_init, real, d.ipc, d.factor, d.init)
+    real = jnp.asarray(self.real_subset(_INIT_STREAM, needed), jnp.float32) / 255.0
+    return parameterize.init_synthetic(jax.random.fold_in(self.key, 2), real, d.ipc,
+                                       d.factor, d.init)
 
   def distill_manager(self) -> ocp.CheckpointManager:
     d = self.config.distill
@@ -182,8 +193,7 @@ class Run:
   def distill(self) -> dict:
     d = self.config.distill
     pool = self.load_pool()
-    class_data = self.class_indexed()
-    init_images = self.initial_synthetic(class_data)
+    init_images = self.initial_synthetic()
     if not os.path.exists(self.path("init.npz")):
       wd.save_npz(self.path("init.npz"), images=np.asarray(init_images))
     feature_dim = self.feature_dim()
@@ -207,7 +217,9 @@ class Run:
                  "seconds": stored.get("seconds", 0.0)}
       print(f"[distill] resumed from step {latest}", flush=True)
 
-    on_device = class_data.images.nbytes <= d_limit_bytes(self.config)
+    on_device = data_lib.fits_on_device(self.dataset.train_images.nbytes,
+                                        d_limit_bytes(self.config))
+    class_data = self.class_indexed() if on_device else None
     step_fn = distill_lib.make_distill_step(self.model, d, self.mean, self.std, feature_dim)
     per_call = max(1, int(d.steps_per_call))
     run_fns = {}
@@ -225,7 +237,7 @@ class Run:
       if n not in run_fns:
         run_fns[n] = distill_lib.make_run_steps(step_fn, d, n)
       source = class_data if on_device else jnp.asarray(
-          host_sampler.sample_many(n, d.batch_real))
+          host_sampler.sample_many(n, d.batch_real, start_step=step))
       state, metrics = run_fns[n](state, pool, source)
       losses = np.asarray(metrics["loss"])
       if not np.all(np.isfinite(losses)):
@@ -278,11 +290,9 @@ class Run:
       if os.path.exists(path):
         stored = np.load(path)["images"]
       else:
-        stored = np.asarray(self.initial_synthetic(self.class_indexed()))
+        stored = np.asarray(self.initial_synthetic())
     else:  # random_real: ipc real images per class, the same storage budget
-      key = jax.random.fold_in(self.key, 4)
-      real = data_lib.sample_class_batches(key, self.class_indexed(), d.ipc)
-      images = np.asarray(real, np.float32) / 255.0
+      images = self.real_subset(_RANDOM_REAL_STREAM, d.ipc).astype(np.float32) / 255.0
       labels = np.repeat(np.arange(self.num_classes), d.ipc)
       return images.reshape((-1,) + images.shape[2:]), labels
     factor = d.factor

@@ -142,8 +142,11 @@ def train_classifier(key: jax.Array, model, images, targets, train_config, *,
   images = jnp.asarray(images)
   targets = jnp.asarray(targets, jnp.float32)
   k_init, k_steps, k_order = jax.random.split(key, 3)
-  variables = init_variables_ or init_variables(
-      k_init, model, normalize(images[:1], mean, std))
+  if init_variables_ is not None:
+    # Copy: the training state is donated, and the caller keeps its variables.
+    variables = jax.tree.map(jnp.copy, init_variables_)
+  else:
+    variables = init_variables(k_init, model, normalize(images[:1], mean, std))
   tx = make_optimizer(train_config, num_steps)
   params = variables["params"]
   state = TrainState(jnp.zeros((), jnp.int32), params,

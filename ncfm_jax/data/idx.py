@@ -17,7 +17,7 @@ import os
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -40,15 +40,27 @@ class IdxFiles(NamedTuple):
   test_labels: Path
 
 
-def _read_bytes(path: Path) -> bytes:
+def _open(path: Path) -> BinaryIO:
+  """The file, decompressed on the fly when it starts with the gzip magic."""
   with open(path, "rb") as f:
-    raw = f.read()
-  if raw[:2] != _GZIP_MAGIC:
-    return raw
-  try:
-    return gzip.decompress(raw)
-  except (OSError, EOFError, zlib.error) as err:
-    raise ValueError(f"{path}: corrupt or truncated gzip stream ({err})") from err
+    compressed = f.read(2) == _GZIP_MAGIC
+  return gzip.open(path, "rb") if compressed else open(path, "rb")
+
+
+def _read_into(f: BinaryIO, out: np.ndarray, chunk_bytes: int = 1 << 20) -> int:
+  """Fills ``out`` from ``f``; returns the number of bytes read.
+
+  Chunked, because gzip's ``readinto`` decompresses into a temporary as large as
+  the request: this keeps the peak at about one copy of the data.
+  """
+  view = memoryview(out.reshape(-1)).cast("B")
+  filled = 0
+  while filled < view.nbytes:
+    count = f.readinto(view[filled:filled + chunk_bytes])
+    if not count:
+      break
+    filled += count
+  return filled
 
 
 def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
@@ -66,28 +78,31 @@ def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
       trailing bytes.
   """
   path = Path(path)
-  raw = _read_bytes(path)
   expected_magic = bytes([0, 0, _UBYTE, ndim])
-  if len(raw) < 4:
-    raise ValueError(f"{path}: truncated IDX file ({len(raw)} bytes, no header)")
-  if raw[:4] != expected_magic:
-    raise ValueError(
-        f"{path}: bad IDX magic number 0x{raw[:4].hex()}, expected "
-        f"0x{expected_magic.hex()} (unsigned byte, {ndim} dimensions)")
-  header_len = 4 + 4 * ndim
-  if len(raw) < header_len:
-    raise ValueError(f"{path}: truncated IDX header ({len(raw)} < {header_len} bytes)")
-  dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-  expected_len = header_len + int(np.prod(dims, dtype=np.int64))
-  if len(raw) < expected_len:
-    raise ValueError(
-        f"{path}: truncated IDX file: header says {dims} ({expected_len} bytes), "
-        f"file has {len(raw)} bytes")
-  if len(raw) > expected_len:
-    raise ValueError(
-        f"{path}: {len(raw) - expected_len} unexpected trailing bytes after IDX data {dims}")
-  # Copy so the caller owns a writable array, not a view of the bytes object.
-  return np.frombuffer(raw, np.uint8, offset=header_len).reshape(dims).copy()
+  try:
+    with _open(path) as f:
+      magic = f.read(4)
+      if len(magic) < 4:
+        raise ValueError(f"{path}: truncated IDX file ({len(magic)} bytes, no header)")
+      if magic != expected_magic:
+        raise ValueError(
+            f"{path}: bad IDX magic number 0x{magic.hex()}, expected "
+            f"0x{expected_magic.hex()} (unsigned byte, {ndim} dimensions)")
+      raw_dims = f.read(4 * ndim)
+      if len(raw_dims) < 4 * ndim:
+        raise ValueError(f"{path}: truncated IDX header")
+      dims = tuple(int(d) for d in np.frombuffer(raw_dims, ">u4"))
+      out = np.empty(dims, np.uint8)
+      filled = _read_into(f, out)
+      if filled < out.size:
+        raise ValueError(
+            f"{path}: truncated IDX file: header says {dims} ({out.size} bytes of data), "
+            f"file has {filled}")
+      if f.read(1):
+        raise ValueError(f"{path}: unexpected trailing bytes after IDX data {dims}")
+  except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+    raise ValueError(f"{path}: corrupt or truncated gzip stream ({err})") from err
+  return out
 
 
 def _find_file(directory: Path, prefix: str, kind: str, ndim: int) -> Path | None:
@@ -109,22 +124,22 @@ def find_idx_files(directories: Sequence[str | os.PathLike]) -> IdxFiles | None:
 
 
 def _read_split(images_path: Path, labels_path: Path,
-                num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+                num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
   images = read_idx(images_path, ndim=3)
   labels = read_idx(labels_path, ndim=1)
   if images.shape[0] != labels.shape[0]:
     raise ValueError(
         f"{images_path}: {images.shape[0]} images but {labels_path} has "
         f"{labels.shape[0]} labels")
-  if labels.size and labels.max() >= num_classes:
+  if num_classes is not None and labels.size and labels.max() >= num_classes:
     raise ValueError(
         f"{labels_path}: label {int(labels.max())} out of range [0, {num_classes})")
   return images[..., None], labels.astype(np.int32)
 
 
-def load_idx(files: IdxFiles, num_classes: int
+def load_idx(files: IdxFiles, num_classes: int | None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """Reads both splits.
+  """Reads both splits (labels checked against ``num_classes`` unless None).
 
   Returns:
     ``(train_images uint8 [N, H, W, 1], train_labels int32 [N], test_images,

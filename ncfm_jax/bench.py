@@ -1,0 +1,295 @@
+"""Micro-benchmarks: ``python -m ncfm_jax.bench <subcommand> [--json PATH]``.
+
+Subcommands live in ``SUBCOMMANDS`` (name -> ``Subcommand``); add one by
+writing its ``add_arguments`` and ``run`` and registering it there.
+
+``ncfd``: time ``jax.jit(jax.value_and_grad(ncfd, argnums=1))`` (gradient w.r.t.
+the synthetic features, as in the distillation step) for real ``[N, D]``, syn
+``[M, D]`` (L2-normalised Gaussian) and ``t ~ N(0, I) [F, D]``, with and without
+frequency chunking. Each configuration runs in a fresh subprocess so that the
+process-wide peak memory counters (CPU: ``ru_maxrss``; GPU: the allocator's
+``peak_bytes_in_use``) belong to that configuration alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ncfm_jax import ncfd as ncfd_lib
+
+_ROW_MARKER = "BENCH_ROW "
+_MIB = 2**20
+
+
+class Subcommand(NamedTuple):
+  help: str
+  add_arguments: Callable[[argparse.ArgumentParser], None]
+  run: Callable[[argparse.Namespace], list[dict[str, Any]]]
+
+
+# --------------------------------------------------------------------------
+# Shared helpers.
+
+
+def _peak_rss_bytes() -> int:
+  # ru_maxrss is KiB on Linux, bytes on macOS; monotone over the process.
+  scale = 1 if sys.platform == "darwin" else 1024
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _device_peak_bytes() -> int | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def _environment() -> dict[str, Any]:
+  device = jax.devices()[0]
+  return {
+      "device": f"{device.platform}: {device.device_kind}",
+      "num_devices": jax.device_count(),
+      "jax": jax.__version__,
+      "jaxlib": importlib.metadata.version("jaxlib"),
+      "cpu_count": os.cpu_count(),
+      "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+      "python": platform.python_version(),
+      "date": datetime.datetime.now(datetime.timezone.utc).strftime(
+          "%Y-%m-%d %H:%M UTC"
+      ),
+  }
+
+
+def _time_calls(
+    fn: Callable[[], Any], num_runs: int, num_warmup: int
+) -> list[float]:
+  """Seconds per call of ``fn`` (blocked until ready), after warm-up calls."""
+  for _ in range(num_warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(num_runs):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def _markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+  def fmt(value: Any) -> str:
+    if value is None:
+      return "-"
+    if isinstance(value, float):
+      return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
+    return str(value)
+
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def _run_isolated(argv: Sequence[str]) -> dict[str, Any]:
+  """Runs ``python -m ncfm_jax.bench *argv`` and returns its marked JSON row."""
+  command = [sys.executable, "-m", "ncfm_jax.bench", *argv]
+  done = subprocess.run(command, capture_output=True, text=True, check=False)
+  for line in done.stdout.splitlines():
+    if line.startswith(_ROW_MARKER):
+      return json.loads(line[len(_ROW_MARKER) :])
+  raise RuntimeError(
+      f"benchmark subprocess failed ({done.returncode}): {' '.join(command)}\n"
+      f"{done.stderr[-3000:]}"
+  )
+
+
+# --------------------------------------------------------------------------
+# ncfd subcommand.
+
+
+def _ncfd_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--num-real", type=int, default=1024, help="N real rows.")
+  parser.add_argument("--num-syn", type=int, default=40, help="M synthetic rows.")
+  parser.add_argument("--dim", type=int, default=2048, help="feature dim D.")
+  parser.add_argument(
+      "--freqs", type=str, default="1024,4096,16384", help="comma list of F."
+  )
+  parser.add_argument(
+      "--chunks",
+      type=str,
+      default="none,1024",
+      help="comma list of freq_chunk values ('none' = one block).",
+  )
+  parser.add_argument("--runs", type=int, default=10, help="timed runs (>= 1).")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed runs.")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument(
+      "--in-process",
+      action="store_true",
+      help="no subprocess per configuration (peak memory then accumulates).",
+  )
+  parser.add_argument("--json", type=str, default=None, help="write rows here.")
+  # Internal: measure exactly one configuration "F:chunk" and print its row.
+  parser.add_argument("--single", type=str, default=None, help=argparse.SUPPRESS)
+
+
+def _parse_chunk(text: str) -> int | None:
+  return None if text.lower() in ("none", "0", "") else int(text)
+
+
+def _measure_ncfd(
+    num_real: int,
+    num_syn: int,
+    dim: int,
+    num_freqs: int,
+    freq_chunk: int | None,
+    num_runs: int,
+    num_warmup: int,
+    seed: int,
+) -> dict[str, Any]:
+  """Times one ``value_and_grad`` configuration in this process."""
+  key_real, key_syn, key_t = jax.random.split(jax.random.PRNGKey(seed), 3)
+  unit = lambda x: x / jnp.linalg.norm(x, axis=1, keepdims=True)
+  real = unit(jax.random.normal(key_real, (num_real, dim)))
+  syn = unit(jax.random.normal(key_syn, (num_syn, dim)))
+  t = ncfd_lib.gaussian_frequencies(key_t, num_freqs, dim)
+  jax.block_until_ready((real, syn, t))
+  rss_inputs = _peak_rss_bytes()
+
+  loss = functools.partial(ncfd_lib.ncfd, freq_chunk=freq_chunk)
+  step = jax.jit(jax.value_and_grad(loss, argnums=1))
+  start = time.perf_counter()
+  compiled = step.lower(real, syn, t).compile()
+  compile_s = time.perf_counter() - start
+  analysis = compiled.memory_analysis()
+  temp_bytes = getattr(analysis, "temp_size_in_bytes", None)
+
+  times = _time_calls(lambda: compiled(real, syn, t), num_runs, num_warmup)
+  peak_rss = _peak_rss_bytes()
+  device_peak = _device_peak_bytes()
+  return {
+      **_environment(),
+      "N": num_real,
+      "M": num_syn,
+      "D": dim,
+      "F": num_freqs,
+      "freq_chunk": freq_chunk if freq_chunk is not None else "none",
+      "compile_s": compile_s,
+      "median_ms": 1e3 * statistics.median(times),
+      "min_ms": 1e3 * min(times),
+      "max_ms": 1e3 * max(times),
+      "runs": num_runs,
+      "xla_temp_mib": None if temp_bytes is None else temp_bytes / _MIB,
+      "peak_rss_mib": peak_rss / _MIB,
+      "rss_increase_mib": (peak_rss - rss_inputs) / _MIB,
+      "device_peak_mib": None if device_peak is None else device_peak / _MIB,
+  }
+
+
+def _run_ncfd(args: argparse.Namespace) -> list[dict[str, Any]]:
+  if args.runs < 1:
+    raise ValueError(f"--runs must be >= 1, got {args.runs}.")
+  shape_args = [
+      f"--num-real={args.num_real}",
+      f"--num-syn={args.num_syn}",
+      f"--dim={args.dim}",
+      f"--runs={args.runs}",
+      f"--warmup={args.warmup}",
+      f"--seed={args.seed}",
+  ]
+  measure = functools.partial(
+      _measure_ncfd,
+      args.num_real,
+      args.num_syn,
+      args.dim,
+      num_runs=args.runs,
+      num_warmup=args.warmup,
+      seed=args.seed,
+  )
+  if args.single is not None:  # child process: one configuration
+    freqs, chunk = args.single.split(":")
+    row = measure(int(freqs), _parse_chunk(chunk))
+    print(_ROW_MARKER + json.dumps(row), flush=True)
+    return [row]
+
+  env = _environment()
+  print("# ncfd benchmark: value_and_grad w.r.t. syn, jit, float32")
+  print(f"device: {env['device']} x{env['num_devices']}; jax {env['jax']}"
+        f" (jaxlib {env['jaxlib']});"
+        f" python {env['python']}; {env['cpu_count']} CPUs;"
+        f" load avg {env['load_avg_1m']}; {env['date']}")
+  print(f"real [{args.num_real}, {args.dim}], syn [{args.num_syn}, {args.dim}],"
+        f" {args.runs} timed runs after {args.warmup} warm-up;"
+        f" {'in one process' if args.in_process else 'one subprocess per row'}",
+        flush=True)
+  rows = []
+  for freqs in (int(f) for f in args.freqs.split(",")):
+    for chunk_text in args.chunks.split(","):
+      chunk = _parse_chunk(chunk_text)
+      if args.in_process:
+        row = measure(freqs, chunk)
+      else:
+        chunk_arg = "none" if chunk is None else str(chunk)
+        row = _run_isolated(["ncfd", *shape_args, f"--single={freqs}:{chunk_arg}"])
+      rows.append(row)
+      print(f"  F={freqs} chunk={row['freq_chunk']}: {row['median_ms']:.1f} ms",
+            flush=True)
+
+  on_gpu = any(r["device_peak_mib"] is not None for r in rows)
+  columns = ["F", "freq_chunk", "compile_s", "median_ms", "min_ms", "max_ms",
+             "xla_temp_mib"]
+  columns += ["device_peak_mib"] if on_gpu else ["peak_rss_mib", "rss_increase_mib"]
+  print()
+  print(_markdown_table(rows, columns))
+  print()
+  print("xla_temp_mib: XLA's temp buffer size of the compiled program."
+        + ("" if on_gpu else
+           " peak_rss_mib: the subprocess's peak RSS (ru_maxrss; includes the"
+           " JAX runtime, the inputs and compilation); rss_increase_mib: peak"
+           " RSS minus the RSS once inputs were created (compilation + run)."))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=2)
+    print(f"rows written to {args.json}")
+  return rows
+
+
+# --------------------------------------------------------------------------
+# CLI.
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "ncfd": Subcommand(
+        help="NCFD value_and_grad time and memory vs F and freq_chunk.",
+        add_arguments=_ncfd_arguments,
+        run=_run_ncfd,
+    ),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m ncfm_jax.bench", description=__doc__.splitlines()[0]
+  )
+  subparsers = parser.add_subparsers(dest="command", required=True)
+  for name, command in SUBCOMMANDS.items():
+    sub = subparsers.add_parser(name, help=command.help)
+    command.add_arguments(sub)
+    sub.set_defaults(run=command.run)
+  args = parser.parse_args(argv)
+  args.run(args)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

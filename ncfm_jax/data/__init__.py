@@ -1,0 +1,14 @@
+"""Datasets (host numpy arrays) and per-class real-image sampling."""
+
+from ncfm_jax.data.sampling import ClassIndexedData
+from ncfm_jax.data.sampling import DEFAULT_DEVICE_LIMIT_BYTES
+from ncfm_jax.data.sampling import HostClassSampler
+from ncfm_jax.data.sampling import fits_on_device
+from ncfm_jax.data.sampling import make_class_indexed
+from ncfm_jax.data.sampling import sample_class_batches
+from ncfm_jax.data.sources import DATASETS
+from ncfm_jax.data.sources import Dataset
+from ncfm_jax.data.sources import DatasetSpec
+from ncfm_jax.data.sources import imagenet_subset_wnids
+from ncfm_jax.data.sources import load_dataset
+from ncfm_jax.data.tinyimagenet_prepare import arrange_tinyimagenet

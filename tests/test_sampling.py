@@ -1,0 +1,148 @@
+"""Tests for ncfm_jax.data.sampling: per-class batches on the device and on the host."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ncfm_jax import data
+from ncfm_jax.data import sampling
+
+# Class sizes: class 2 has fewer images than the batch of 4 (drawn with replacement).
+_COUNTS = (5, 8, 3, 6)
+_BATCH = 4
+
+
+def _indexed_images(counts=_COUNTS, seed=0):
+  """uint8 [N, 2, 3, 1] images whose pixels all equal their own index, shuffled labels."""
+  labels = np.repeat(np.arange(len(counts)), counts)
+  labels = np.random.default_rng(seed).permutation(labels)
+  n = labels.size
+  images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 2, 3, 1))
+  return np.ascontiguousarray(images), labels
+
+
+def _image_ids(batch) -> np.ndarray:
+  """The index encoded in each image of a [C, B, H, W, 1] batch -> int [C, B]."""
+  batch = np.asarray(batch)
+  assert (batch == batch[:, :, :1, :1, :]).all()  # images are constant
+  return batch[:, :, 0, 0, 0].astype(int)
+
+
+def test_class_index_table_pads_with_class_members():
+  labels = np.array([1, 0, 1, 2, 1, 0])
+  index, counts = sampling.class_index_table(labels, 3)
+  np.testing.assert_array_equal(counts, [2, 3, 1])
+  np.testing.assert_array_equal(index, [[1, 5, 1], [0, 2, 4], [3, 3, 3]])
+
+
+def test_make_class_indexed_rejects_empty_class_and_bad_labels():
+  images, labels = _indexed_images()
+  with pytest.raises(ValueError, match=r"classes \[4\] have no images"):
+    data.make_class_indexed(images, labels, 5)
+  with pytest.raises(ValueError, match="out of range"):
+    data.make_class_indexed(images, labels, 3)
+
+
+def test_sample_class_batches_shape_membership_and_uniqueness():
+  images, labels = _indexed_images()
+  indexed = data.make_class_indexed(images, labels, len(_COUNTS))
+  assert indexed.class_index.dtype == jnp.int32 and indexed.class_counts.dtype == jnp.int32
+  batch = data.sample_class_batches(jax.random.key(0), indexed, _BATCH)
+  assert batch.shape == (len(_COUNTS), _BATCH, 2, 3, 1)
+  assert batch.dtype == jnp.uint8
+  ids = _image_ids(batch)
+  for c, count in enumerate(_COUNTS):
+    assert (labels[ids[c]] == c).all()
+    if count >= _BATCH:
+      assert len(set(ids[c])) == _BATCH  # without replacement
+
+
+def test_sample_class_batches_is_deterministic_and_key_dependent():
+  images, labels = _indexed_images()
+  indexed = data.make_class_indexed(images, labels, len(_COUNTS))
+  first = data.sample_class_batches(jax.random.key(1), indexed, _BATCH)
+  again = data.sample_class_batches(jax.random.key(1), indexed, _BATCH)
+  other = data.sample_class_batches(jax.random.key(2), indexed, _BATCH)
+  np.testing.assert_array_equal(first, again)
+  assert not np.array_equal(first, other)
+
+
+def test_sample_class_batches_inside_a_jitted_step():
+  images, labels = _indexed_images()
+  indexed = data.make_class_indexed(images, labels, len(_COUNTS))
+
+  @jax.jit
+  def step(key, indexed):  # as inside a training step: B fixed by the caller
+    return data.sample_class_batches(key, indexed, batch_per_class=_BATCH)
+
+  key = jax.random.key(3)
+  np.testing.assert_array_equal(step(key, indexed),
+                                data.sample_class_batches(key, indexed, _BATCH))
+
+
+def test_sample_class_batches_is_uniform():
+  """Under vmap over keys: each image of a class is drawn B / count times per step on
+  average, both without replacement (count >= B) and with replacement (count < B)."""
+  images, labels = _indexed_images()
+  indexed = data.make_class_indexed(images, labels, len(_COUNTS))
+  draws = 3000
+  keys = jax.random.split(jax.random.key(4), draws)
+  ids = jax.vmap(lambda k: data.sample_class_batches(k, indexed, _BATCH))(keys)
+  ids = np.asarray(ids)[:, :, :, 0, 0, 0].astype(int)  # [draws, C, B]
+  for c, count in enumerate(_COUNTS):
+    frequency = np.bincount(ids[:, c].ravel(), minlength=labels.size)[labels == c] / draws
+    expected = _BATCH / count
+    np.testing.assert_allclose(frequency, expected, atol=0.06 * expected + 0.02)
+  # Position in the batch is uniform too (random order, not sorted).
+  first_slot = np.bincount(ids[:, 1, 0], minlength=labels.size)[labels == 1] / draws
+  np.testing.assert_allclose(first_slot, 1 / _COUNTS[1], atol=0.03)
+
+
+def test_batch_larger_than_every_class_uses_replacement():
+  images, labels = _indexed_images()
+  indexed = data.make_class_indexed(images, labels, len(_COUNTS))
+  batch = data.sample_class_batches(jax.random.key(5), indexed, 12)
+  ids = _image_ids(batch)
+  assert ids.shape == (len(_COUNTS), 12)
+  for c in range(len(_COUNTS)):
+    assert (labels[ids[c]] == c).all()
+
+
+def test_host_sampler_matches_device_contract():
+  images, labels = _indexed_images()
+  sampler = data.HostClassSampler(images, labels, len(_COUNTS), seed=0)
+  batch = sampler.sample(_BATCH, step=0)
+  device = data.sample_class_batches(
+      jax.random.key(0), data.make_class_indexed(images, labels, len(_COUNTS)), _BATCH)
+  assert batch.shape == device.shape and batch.dtype == np.uint8
+  ids = _image_ids(batch)
+  for c, count in enumerate(_COUNTS):
+    assert (labels[ids[c]] == c).all()
+    if count >= _BATCH:
+      assert len(set(ids[c])) == _BATCH
+  np.testing.assert_array_equal(batch, sampler.sample(_BATCH, step=0))  # (seed, step)
+  assert not np.array_equal(batch, sampler.sample(_BATCH, step=1))
+  other_seed = data.HostClassSampler(images, labels, len(_COUNTS), seed=1)
+  assert not np.array_equal(batch, other_seed.sample(_BATCH, step=0))
+
+
+def test_host_sampler_many_steps_and_cursor():
+  images, labels = _indexed_images()
+  sampler = data.HostClassSampler(images, labels, len(_COUNTS), seed=7)
+  many = sampler.sample_many(3, _BATCH, start_step=5)
+  assert many.shape == (3, len(_COUNTS), _BATCH, 2, 3, 1)
+  for t in range(3):
+    np.testing.assert_array_equal(many[t], sampler.sample(_BATCH, step=5 + t))
+  # Without steps, calls continue from the last step: 8, 9, ...
+  fresh = data.HostClassSampler(images, labels, len(_COUNTS), seed=7)
+  fresh.sample_many(8, _BATCH)
+  np.testing.assert_array_equal(fresh.sample_many(2, _BATCH), sampler.sample_many(2, _BATCH))
+
+
+def test_fits_on_device():
+  assert data.fits_on_device(10, limit_bytes=10)
+  assert not data.fits_on_device(11, limit_bytes=10)
+  assert data.fits_on_device(50000 * 32 * 32 * 3)  # CIFAR-10 under the 2 GiB default
+  with pytest.raises(ValueError):
+    data.fits_on_device(-1)
