@@ -38,7 +38,6 @@ def _quick(config):
   config.distill.plateau_patience = 100
   config.distill.checkpoint_every = 100
   config.distill.steps_per_call = 10
-  config.distill.use_scan = False
   config.eval.num_eval = 3
   config.eval.epochs = 0
   config.eval.max_steps = 500

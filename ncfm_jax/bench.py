@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import gc
 import importlib.metadata
 import json
 import os
@@ -51,6 +52,44 @@ def _peak_rss_bytes() -> int:
   # ru_maxrss is KiB on Linux, bytes on macOS; monotone over the process.
   scale = 1 if sys.platform == "darwin" else 1024
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _proc_status_bytes(field: str) -> int | None:
+  """``VmRSS`` / ``VmHWM`` (peak RSS) of this process from /proc, in bytes."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith(field + ":"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def _reset_peak_rss() -> bool:
+  """Resets VmHWM to the current RSS (Linux >= 4.0); False if unsupported."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+  except OSError:
+    return False
+  return _proc_status_bytes("VmHWM") is not None
+
+
+class _RssWindow:
+  """Peak RSS increase over a code region (VmHWM reset at its start)."""
+
+  def __enter__(self) -> "_RssWindow":
+    gc.collect()
+    self.exact = _reset_peak_rss()
+    self.start = _proc_status_bytes("VmRSS") if self.exact else _peak_rss_bytes()
+    self.increase_bytes = None
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    end = _proc_status_bytes("VmHWM") if self.exact else _peak_rss_bytes()
+    # Without the reset ru_maxrss is monotone: this is a lower bound (often 0).
+    self.increase_bytes = max(end - self.start, 0)
 
 
 def _device_peak_bytes() -> int | None:
@@ -165,18 +204,18 @@ def _measure_ncfd(
   syn = unit(jax.random.normal(key_syn, (num_syn, dim)))
   t = ncfd_lib.gaussian_frequencies(key_t, num_freqs, dim)
   jax.block_until_ready((real, syn, t))
-  rss_inputs = _peak_rss_bytes()
 
   loss = functools.partial(ncfd_lib.ncfd, freq_chunk=freq_chunk)
   step = jax.jit(jax.value_and_grad(loss, argnums=1))
-  start = time.perf_counter()
-  compiled = step.lower(real, syn, t).compile()
-  compile_s = time.perf_counter() - start
+  with _RssWindow() as compile_rss:
+    start = time.perf_counter()
+    compiled = step.lower(real, syn, t).compile()
+    compile_s = time.perf_counter() - start
   analysis = compiled.memory_analysis()
   temp_bytes = getattr(analysis, "temp_size_in_bytes", None)
 
-  times = _time_calls(lambda: compiled(real, syn, t), num_runs, num_warmup)
-  peak_rss = _peak_rss_bytes()
+  with _RssWindow() as run_rss:
+    times = _time_calls(lambda: compiled(real, syn, t), num_runs, num_warmup)
   device_peak = _device_peak_bytes()
   return {
       **_environment(),
@@ -191,8 +230,10 @@ def _measure_ncfd(
       "max_ms": 1e3 * max(times),
       "runs": num_runs,
       "xla_temp_mib": None if temp_bytes is None else temp_bytes / _MIB,
-      "peak_rss_mib": peak_rss / _MIB,
-      "rss_increase_mib": (peak_rss - rss_inputs) / _MIB,
+      "peak_rss_mib": _peak_rss_bytes() / _MIB,
+      "compile_rss_mib": compile_rss.increase_bytes / _MIB,
+      "run_rss_mib": run_rss.increase_bytes / _MIB,
+      "rss_exact": run_rss.exact,
       "device_peak_mib": None if device_peak is None else device_peak / _MIB,
   }
 
@@ -249,15 +290,22 @@ def _run_ncfd(args: argparse.Namespace) -> list[dict[str, Any]]:
   on_gpu = any(r["device_peak_mib"] is not None for r in rows)
   columns = ["F", "freq_chunk", "compile_s", "median_ms", "min_ms", "max_ms",
              "xla_temp_mib"]
-  columns += ["device_peak_mib"] if on_gpu else ["peak_rss_mib", "rss_increase_mib"]
+  columns += (
+      ["device_peak_mib"] if on_gpu else ["run_rss_mib", "compile_rss_mib", "peak_rss_mib"]
+  )
   print()
   print(_markdown_table(rows, columns))
   print()
-  print("xla_temp_mib: XLA's temp buffer size of the compiled program."
-        + ("" if on_gpu else
-           " peak_rss_mib: the subprocess's peak RSS (ru_maxrss; includes the"
-           " JAX runtime, the inputs and compilation); rss_increase_mib: peak"
-           " RSS minus the RSS once inputs were created (compilation + run)."))
+  print("xla_temp_mib: XLA's temp buffer size of the compiled program.")
+  if on_gpu:
+    print("device_peak_mib: the allocator's peak_bytes_in_use in that subprocess.")
+  else:
+    exact = all(r["rss_exact"] for r in rows)
+    how = ("VmHWM reset via /proc/self/clear_refs" if exact
+           else "ru_maxrss, monotone: lower bounds")
+    print(f"run_rss_mib / compile_rss_mib: peak RSS increase during the warm-up +"
+          f" timed runs / during compilation, over the RSS just before ({how});"
+          f" peak_rss_mib: the subprocess's ru_maxrss (runtime, inputs, compile, runs).")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(rows, f, indent=2)

@@ -216,6 +216,13 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
   return distill_step
 
 
+def resolve_use_scan(use_scan: bool | None) -> bool:
+  """None -> scan on accelerators, Python loop on CPU (measured faster there)."""
+  if use_scan is None:
+    return jax.default_backend() != "cpu"
+  return bool(use_scan)
+
+
 def make_run_steps(distill_step, distill_config, num_steps: int):
   """Returns a jitted `run(state, pool, source) -> (state, metrics [num_steps])`.
 
@@ -234,7 +241,7 @@ def make_run_steps(distill_step, distill_config, num_steps: int):
 
   jitted_one = jax.jit(one, donate_argnums=(0,))
 
-  if distill_config.use_scan:
+  if resolve_use_scan(distill_config.use_scan):
     @functools.partial(jax.jit, donate_argnums=(0,))
     def run(state, pool, source):
       if isinstance(source, sampling.ClassIndexedData):

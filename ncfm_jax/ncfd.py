@@ -18,6 +18,7 @@ every k.
 from __future__ import annotations
 
 import functools
+import numbers
 
 import chex
 import jax
@@ -99,13 +100,19 @@ def _validate_frequencies(t: jax.Array, dim: int) -> None:
   _check_finite("t", t)
 
 
-def _validate_freq_chunk(freq_chunk: int | None) -> None:
-  if freq_chunk is not None and (
-      not isinstance(freq_chunk, int) or freq_chunk <= 0
+def _validate_freq_chunk(freq_chunk: int | None) -> int | None:
+  """Returns ``freq_chunk`` as a Python int (a static, hashable jit argument)."""
+  if freq_chunk is None:
+    return None
+  if (
+      isinstance(freq_chunk, bool)
+      or not isinstance(freq_chunk, numbers.Integral)
+      or freq_chunk <= 0
   ):
     raise ValueError(
         f"freq_chunk must be a positive int or None, got {freq_chunk!r}."
     )
+  return int(freq_chunk)
 
 
 # --------------------------------------------------------------------------
@@ -337,7 +344,7 @@ def ncfd(
   real, syn, t = jnp.asarray(real), jnp.asarray(syn), jnp.asarray(t)
   _validate_sets(real, syn, class_axis=False)
   _validate_frequencies(t, real.shape[-1])
-  _validate_freq_chunk(freq_chunk)
+  freq_chunk = _validate_freq_chunk(freq_chunk)
   return _ncfd_unchecked(real, syn, t, alpha, beta, freq_chunk, precision)
 
 
@@ -372,7 +379,7 @@ def class_ncfd(
   real, syn, t = jnp.asarray(real), jnp.asarray(syn), jnp.asarray(t)
   _validate_sets(real, syn, class_axis=True)
   _validate_frequencies(t, real.shape[-1])
-  _validate_freq_chunk(freq_chunk)
+  freq_chunk = _validate_freq_chunk(freq_chunk)
   per_class = functools.partial(
       _ncfd_unchecked,
       t=t,

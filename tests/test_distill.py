@@ -88,10 +88,9 @@ def test_variants_without_psi_leave_no_psi_state(overrides):
 
 
 def test_scan_and_python_loop_agree():
-  config, state, pool, data, step = _setup()
-  config_loop = _config(use_scan=False)
-  scanned = distill.make_run_steps(step, config, 2)
-  looped = distill.make_run_steps(step, config_loop, 2)
+  _, state, pool, data, step = _setup()
+  scanned = distill.make_run_steps(step, _config(use_scan=True), 2)
+  looped = distill.make_run_steps(step, _config(use_scan=False), 2)
   copy = lambda s: jax.tree.map(jnp.array, s)
   s_scan, m_scan = scanned(copy(state), pool, data)
   s_loop, m_loop = looped(copy(state), pool, data)

@@ -109,6 +109,26 @@ TINY_MODULES = {
 _KEY = jax.random.key(0, impl="rbg")
 
 
+def _numpy_variables(model, x, seed=0):
+  """Variables of `model` for input `x` filled on the host with numpy (PyTorch-like
+  kernel ranges, unit batch statistics): the tests that only run a network skip
+  compiling its random initialiser, the slowest part of a small test on CPU."""
+  shapes = jax.eval_shape(model.init, _KEY, x)
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    names = [getattr(entry, "key", "") for entry in path]
+    if names[0] == "batch_stats":
+      return np.full(leaf.shape, 1.0 if names[-1] == "var" else 0.0, np.float32)
+    if len(leaf.shape) >= 2:  # kernels: fan_in is every axis but the last
+      bound = 1.0 / np.sqrt(np.prod(leaf.shape[:-1]))
+      return rng.uniform(-bound, bound, leaf.shape).astype(np.float32)
+    base = 1.0 if names[-1] == "scale" else 0.0
+    return (base + 0.1 * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 @pytest.mark.parametrize(
     "name, image_size, channels",
     [(name, s, c) for name in TINY_MODULES for s, c in SIZES
@@ -116,8 +136,9 @@ _KEY = jax.random.key(0, impl="rbg")
 )
 def test_tiny_models_run_and_instance_norm_is_per_sample(name, image_size, channels):
   model = TINY_MODULES[name](num_classes=5, norm="instance")
-  x = jax.random.normal(jax.random.key(1), (3, image_size, image_size, channels))
-  variables = jax.jit(model.init)(_KEY, x)
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((3, image_size, image_size, channels)), jnp.float32)
+  variables = _numpy_variables(model, x)
   apply = jax.jit(model.apply)
   features, logits = apply(variables, x)
   assert features.ndim == 2 and features.shape[0] == 3
@@ -129,7 +150,7 @@ def test_tiny_models_run_and_instance_norm_is_per_sample(name, image_size, chann
   np.testing.assert_allclose(
       logits, features @ classifier["kernel"] + classifier["bias"], rtol=1e-4, atol=1e-5)
   # Instance norm is per sample: sample 0's outputs ignore the rest of the batch.
-  other = x.at[1:].set(5.0 * jax.random.normal(jax.random.key(2), x[1:].shape) + 3.0)
+  other = x.at[1:].set(5.0 * rng.standard_normal(x[1:].shape) + 3.0)
   features_other, _ = apply(variables, other)
   np.testing.assert_allclose(features_other[0], features[0], rtol=1e-4, atol=1e-5)
   assert not np.allclose(features_other[1], features[1])
@@ -138,8 +159,9 @@ def test_tiny_models_run_and_instance_norm_is_per_sample(name, image_size, chann
 @pytest.mark.parametrize("name", ["convnet", "resnet18"])
 def test_batch_norm_stats_and_batch_dependence(name):
   model = TINY_MODULES[name](num_classes=3, norm="batch")
-  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
-  variables = jax.jit(model.init)(_KEY, x)
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(3.0 + 2.0 * rng.standard_normal((4, 16, 16, 3)), jnp.float32)
+  variables = _numpy_variables(model, x)
   assert "batch_stats" in variables
   train_apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
   (features, logits), updates = train_apply(variables, x)
@@ -153,8 +175,8 @@ def test_batch_norm_stats_and_batch_dependence(name):
   # Evaluation mode reads the running averages and needs nothing mutable.
   _, eval_logits = jax.jit(model.apply)({**variables, **updates}, x)
   assert np.all(np.isfinite(np.asarray(eval_logits)))
-  with pytest.raises(Exception):
-    model.apply(variables, x, train=True)  # batch_stats not declared mutable
+  with pytest.raises(Exception):  # batch_stats not declared mutable (fails when traced)
+    jax.eval_shape(lambda v, x: model.apply(v, x, train=True), variables, x)
 
 
 def test_torch_default_init_bounds():

@@ -1,6 +1,7 @@
 """Tests of ncfm_jax.ncfd against a float64 NumPy reference and the CFD's properties."""
 
 import functools
+import json
 
 import hypothesis
 import hypothesis.strategies as st
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ncfm_jax import bench
 from ncfm_jax import ncfd as ncfd_lib
 
 SETTINGS = hypothesis.settings(max_examples=4, deadline=None, derandomize=True)
@@ -293,6 +295,8 @@ def test_errors():
     ncfd_lib.empirical_cf(_with(real, np.nan), t)
   with pytest.raises(ValueError, match="freq_chunk"):
     ncfd_lib.ncfd(real, syn, t, freq_chunk=0)
+  with pytest.raises(ValueError, match="freq_chunk"):
+    ncfd_lib.ncfd(real, syn, t, freq_chunk=2.5)
   with pytest.raises(ValueError, match="class counts differ"):
     ncfd_lib.class_ncfd(real[None].repeat(2, 0), syn[None], t)
   with pytest.raises(ValueError, match="floating"):
@@ -340,3 +344,15 @@ def test_properties_random_shapes(n, m, d, f, chunk, seed):
   re_neg, im_neg = ncfd_lib.empirical_cf(real, -t)
   np.testing.assert_allclose(re_neg, re, atol=1e-6)
   np.testing.assert_allclose(im_neg, -im, atol=1e-6)
+
+
+def test_bench_cli_smoke(tmp_path, capsys):
+  out = tmp_path / "rows.json"
+  argv = ["ncfd", "--num-real=8", "--num-syn=2", "--dim=4", "--freqs=20", "--chunks=none,7"]
+  argv += ["--runs=2", "--warmup=0", "--in-process", f"--json={out}"]
+  assert bench.main(argv) == 0
+  rows = json.loads(out.read_text())
+  assert [(r["F"], r["freq_chunk"]) for r in rows] == [(20, "none"), (20, 7)]
+  assert all(r["median_ms"] > 0 and r["runs"] == 2 for r in rows)
+  printed = capsys.readouterr().out
+  assert "| F | freq_chunk |" in printed and "jax " + jax.__version__ in printed
