@@ -314,6 +314,108 @@ def _run_ncfd(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------
+# step subcommand: the full distillation step (ncfm_jax/bench_step.py).
+
+
+def _step_arguments(parser: argparse.ArgumentParser) -> None:
+  from ncfm_jax import bench_step  # pylint: disable=g-import-not-at-top
+  parser.add_argument("--workload", default="cifar10_ipc10,cifar10_ipc10_psi",
+                      help=f"comma list of {sorted(bench_step.WORKLOADS)}")
+  parser.add_argument("--small", action="store_true",
+                      help="CPU-sized variant: batch_real 64 per class")
+  parser.add_argument("--steps-per-call", type=int, default=2)
+  parser.add_argument("--repeats", type=int, default=5, help="timed calls (>= 5)")
+  parser.add_argument("--scan", choices=("auto", "true", "false"), default="auto",
+                      help="lax.scan over the steps of a call (auto: not on CPU)")
+  parser.add_argument("--unroll", type=int, default=1)
+  parser.add_argument("--set", action="append", default=[],
+                      help="distill config override KEY=VALUE (e.g. freq_chunk=1024)")
+  parser.add_argument("--in-process", action="store_true",
+                      help="no subprocess per workload (peak memory then accumulates)")
+  parser.add_argument("--single", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--json", default=None, help="write the rows to this JSON file")
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+  key, _, value = text.partition("=")
+  for convert in (int, float):
+    try:
+      return key, convert(value)
+    except ValueError:
+      pass
+  return key, {"none": None, "true": True, "false": False}.get(value.lower(), value)
+
+
+def _measure_step(args: argparse.Namespace, name: str) -> dict[str, Any]:
+  from ncfm_jax import bench_step  # pylint: disable=g-import-not-at-top
+  from ncfm_jax import distill  # pylint: disable=g-import-not-at-top
+  workload = bench_step.WORKLOADS[name]
+  if args.small:
+    workload = bench_step.small_variant(workload)
+  use_scan = distill.resolve_use_scan(None if args.scan == "auto" else args.scan == "true")
+  overrides = dict(_parse_override(item) for item in args.set)
+  row = bench_step.run(workload, args.steps_per_call, args.repeats, use_scan,
+                       unroll=args.unroll, **overrides)
+  row.update(_environment(), overrides=overrides)
+  return row
+
+
+def _run_step(args: argparse.Namespace) -> list[dict[str, Any]]:
+  from ncfm_jax import bench_step  # pylint: disable=g-import-not-at-top
+  if args.repeats < 5:
+    raise ValueError(f"--repeats must be >= 5, got {args.repeats}")
+  names = [n.strip() for n in args.workload.split(",") if n.strip()]
+  for name in names:
+    if name not in bench_step.WORKLOADS:
+      raise ValueError(f"unknown --workload {name!r}; valid: {sorted(bench_step.WORKLOADS)}")
+  if args.single is not None:  # child process: one workload
+    row = _measure_step(args, args.single)
+    print(_ROW_MARKER + json.dumps(row), flush=True)
+    return [row]
+
+  env = _environment()
+  print("# step benchmark: the full jitted distillation step (augmentation, blended "
+        "extractor forward on real and synthetic images, NCFD, psi ascent, "
+        "calibration, optimizer updates)")
+  print("Random uint8 images and randomly initialised ConvNets: content does not "
+        "change the cost of a step.")
+  print(f"device: {env['device']} x{env['num_devices']}; jax {env['jax']}; "
+        f"{env['cpu_count']} CPUs; load avg {env['load_avg_1m']}; {env['date']}",
+        flush=True)
+  passthrough = [f"--steps-per-call={args.steps_per_call}", f"--repeats={args.repeats}",
+                 f"--scan={args.scan}", f"--unroll={args.unroll}"]
+  passthrough += ["--small"] if args.small else []
+  passthrough += [f"--set={item}" for item in args.set]
+  rows = []
+  for name in names:
+    if args.in_process:
+      row = _measure_step(args, name)
+    else:
+      row = _run_isolated(["step", f"--workload={name}", f"--single={name}", *passthrough])
+    rows.append(row)
+    print(f"  {row['workload']}: {row['seconds_per_step']['median']:.3f} s/step", flush=True)
+  table = [dict(workload=r["workload"], s_per_step=r["seconds_per_step"]["median"],
+                min_s=r["seconds_per_step"]["min"], max_s=r["seconds_per_step"]["max"],
+                first_call_s=r["first_call_seconds"], gflop_per_step=r["gflops_per_step"],
+                achieved_gflops=r["achieved_gflops"], matmul_gflops=r["matmul_gflops"],
+                ratio=r["fraction_of_matmul"], peak_mb=r["peak_memory_mb"],
+                scan=r["use_scan"]) for r in rows]
+  print()
+  print(_markdown_table(table, list(table[0])))
+  print()
+  print("s_per_step: median (min, max) of the timed calls, each call = "
+        f"{args.steps_per_call} steps; first_call_s: compile + the warm-up call; "
+        "gflop_per_step: XLA cost analysis of one step; ratio = achieved / matmul "
+        "(float32 2048^3 matmul measured in the same process); peak_mb: peak host "
+        "RSS on CPU, peak_bytes_in_use on GPU.")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=2)
+    print(f"rows written to {args.json}")
+  return rows
+
+
+# --------------------------------------------------------------------------
 # CLI.
 
 SUBCOMMANDS: dict[str, Subcommand] = {
@@ -321,6 +423,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         help="NCFD value_and_grad time and memory vs F and freq_chunk.",
         add_arguments=_ncfd_arguments,
         run=_run_ncfd,
+    ),
+    "step": Subcommand(
+        help="Full distillation step: s/step, FLOPs, GFLOP/s vs matmul, peak memory.",
+        add_arguments=_step_arguments,
+        run=_run_step,
     ),
 }
 

@@ -197,6 +197,9 @@ def test_jit_matches_eager():
   # alpha and beta may be traced.
   traced_weights = jax.jit(lambda a: ncfd_lib.ncfd(real, syn, t, a, 1.0 - a))
   np.testing.assert_allclose(traced_weights(0.3), ncfd_lib.ncfd(real, syn, t, 0.3, 0.7), rtol=1e-6)
+  np.testing.assert_allclose(
+      ncfd_lib.ncfd(real, syn, t, precision="highest"), ncfd_lib.ncfd(real, syn, t), rtol=1e-5
+  )
   re, im = jax.jit(ncfd_lib.empirical_cf)(real, t)
   np.testing.assert_allclose(re, ncfd_lib.empirical_cf(real, t)[0], rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(jax.jit(ncfd_lib.mmd)(real, syn), ncfd_lib.mmd(real, syn), rtol=1e-6)
@@ -210,18 +213,20 @@ def test_gradient_matches_finite_differences(x64, freq_chunk, alpha, beta):
   real, syn, t = _problem(8, n=12, m=4, d=5, f=10, dtype=np.float64)
   real, syn, t = jnp.asarray(real), jnp.asarray(syn), jnp.asarray(t)
   fn = lambda s, tt: ncfd_lib.ncfd(real, s, tt, alpha, beta, freq_chunk)
-  grad_syn, grad_t = jax.jit(jax.grad(fn, argnums=(0, 1)))(syn, t)
-  assert grad_syn.dtype == jnp.float64
+  grads = jax.jit(jax.grad(fn, argnums=(0, 1)))(syn, t)
+  assert grads[0].dtype == jnp.float64
   step = 1e-6
   batched = jax.jit(jax.vmap(fn))
-  for arg, grad, wrt in ((syn, grad_syn, 0), (t, grad_t, 1)):
-    # Central differences along every coordinate, all in one batched call.
-    basis = step * jnp.eye(arg.size, dtype=arg.dtype).reshape(-1, *arg.shape)
-    def values(delta):
-      perturbed = arg[None] + delta
-      other = jnp.broadcast_to((t if wrt == 0 else syn)[None], (len(delta),) + (t if wrt == 0 else syn).shape)
-      return batched(perturbed, other) if wrt == 0 else batched(other, perturbed)
-    numeric = (values(basis) - values(-basis)) / (2 * step)
+  args = (syn, t)
+  for wrt, grad in enumerate(grads):
+    # Central differences along every coordinate of args[wrt], in one batched call.
+    arg = args[wrt]
+    deltas = step * jnp.eye(arg.size, dtype=arg.dtype).reshape(-1, *arg.shape)
+    def values(sign):
+      stacked = [jnp.broadcast_to(a[None], (len(deltas),) + a.shape) for a in args]
+      stacked[wrt] = stacked[wrt] + sign * deltas
+      return batched(*stacked)
+    numeric = (values(1.0) - values(-1.0)) / (2 * step)
     np.testing.assert_allclose(grad, numeric.reshape(arg.shape), rtol=1e-6, atol=1e-9)
 
 
