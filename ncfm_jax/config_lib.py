@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.pretrain = ml_collections.ConfigDict()
   config.pretrain.num_models = 20  # (release) num_premodel
   config.pretrain.epochs = 60  # (release) 60 for 32 px, 80 for 128 px
+  config.pretrain.max_steps = ml_collections.FieldReference(None, field_type=int)
   config.pretrain.batch_size = 256
   config.pretrain.optimizer = "sgd"
   config.pretrain.lr = 0.01

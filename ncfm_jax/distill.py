@@ -34,6 +34,7 @@ from ncfm_jax import parameterize
 from ncfm_jax import sampler as sampler_lib
 from ncfm_jax.data import sampling
 from ncfm_jax.train import normalize
+from ncfm_jax.train import resolve_use_scan
 
 
 class DistillState(NamedTuple):
@@ -214,13 +215,6 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
 
   distill_step.evaluate = evaluate
   return distill_step
-
-
-def resolve_use_scan(use_scan: bool | None) -> bool:
-  """None -> scan on accelerators, Python loop on CPU (measured faster there)."""
-  if use_scan is None:
-    return jax.default_backend() != "cpu"
-  return bool(use_scan)
 
 
 def make_run_steps(distill_step, distill_config, num_steps: int):

@@ -9,6 +9,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from ncfm_jax import pipeline
@@ -25,6 +26,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Orbax logs every save at INFO; our own progress lines are printed instead.
+  logging.set_verbosity(logging.WARNING)
   try:
     pipeline.run(_CONFIG.value, _WORKDIR.value, _MODE.value)
   except (ValueError, pipeline.PhaseError, wd.WorkdirError, FileNotFoundError) as err:

@@ -115,7 +115,7 @@ class Run:
     accuracies = dict(wd.read_json(self.path("pool_accuracy.json"), {}))
     images = jnp.asarray(self.dataset.train_images)
     targets = self.onehot(self.dataset.train_labels)
-    steps = cfg.epochs * max(1, images.shape[0] // cfg.batch_size)
+    steps = cfg.max_steps or cfg.epochs * max(1, images.shape[0] // cfg.batch_size)
     example = train_lib.normalize(images[:1], self.mean, self.std)
     for member in range(cfg.num_models):
       if member in done:

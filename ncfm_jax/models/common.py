@@ -86,6 +86,26 @@ def check_norm(norm: str) -> None:
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
+class InstanceNorm(nn.Module):
+  """Per-sample, per-channel normalisation over H, W with an affine map.
+
+  Equal to `nn.GroupNorm(group_size=1)` (same `scale`/`bias` parameters) but
+  written with plain reductions over the spatial axes: on XLA:CPU its backward
+  pass measured 4x faster than GroupNorm's grouped reshape (README, "Speed").
+  """
+  epsilon: float = NORM_EPSILON
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (channels,))
+    bias = self.param("bias", nn.initializers.zeros, (channels,))
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    centered = x - mean
+    var = jnp.mean(jnp.square(centered), axis=(1, 2), keepdims=True)
+    return centered * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
 def normalize(x: jax.Array, norm: str, *, train: bool, name: str) -> jax.Array:
   """Applies the named normalisation to `x` `[B, H, W, C]`.
 
@@ -98,7 +118,7 @@ def normalize(x: jax.Array, norm: str, *, train: bool, name: str) -> jax.Array:
   """
   check_norm(norm)
   if norm == "instance":
-    return nn.GroupNorm(num_groups=None, group_size=1, epsilon=NORM_EPSILON, name=name)(x)
+    return InstanceNorm(name=name)(x)
   if norm == "group":
     return nn.GroupNorm(num_groups=GROUP_NORM_GROUPS, epsilon=NORM_EPSILON, name=name)(x)
   if norm == "batch":

@@ -1,0 +1,295 @@
+"""Scaling out with JAX's SPMD machinery: one `Mesh` axis and `NamedSharding`s on `jax.jit`.
+
+The mesh has ONE axis, ``"data"``, over every (global) device. Two layouts of
+the distillation (DESIGN.md section 4):
+
+* data parallel (default): the real batch ``[C, B, H, W, Ch]`` is split along
+  ``B`` (each device embeds ``B / n`` real images of every class); the synthetic
+  images, psi, both optimizer states, the pool and the device-resident
+  training set are replicated. XLA turns the means over ``B`` inside the NCFD
+  (the empirical characteristic functions) into all-reduces, so the loss and
+  every gradient are the single-device ones up to float32 summation order. The
+  synthetic images' forward/backward is computed redundantly on every device.
+* class sharded (``class_sharded=True``): as above, and the synthetic images
+  and their Adam moments are split along the class axis ``C``: each device
+  decodes, augments, embeds and updates the synthetic images of its ``C / n``
+  classes; the real characteristic functions ``[C, F]`` (all-reduced over
+  ``B``), the loss sum and psi's gradients cross devices. Needs ``C`` divisible
+  by the device count too.
+
+The step is the SAME function that `distill.make_distill_step` returns and the
+same loop `distill.make_run_steps` builds; this module only adds a
+`with_sharding_constraint` on the real batch right after it is sampled (without
+it XLA's propagation keeps the gather from the replicated training set
+replicated, and every device would do all the work) and attaches in/out
+shardings to `jax.jit`.
+
+Multi-process (`ncfm_jax.distributed.maybe_initialize`): every process builds the
+same host values (same seeds); `put` turns them into global arrays with
+`jax.make_array_from_callback`, each process filling only its own shards.
+
+Example::
+
+  mesh = make_mesh()
+  run = make_sharded_run_steps(step_fn, distill_config, 10, mesh)
+  state = shard_state(state, mesh)
+  pool, data = replicate(pool, mesh), replicate(data, mesh)
+  state, metrics = run(state, pool, data)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ncfm_jax import distill as distill_lib
+from ncfm_jax.data import sampling
+
+DATA_AXIS = "data"
+"""Name of the mesh's only axis."""
+
+
+# ----------------------------------------------------------------------- mesh
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-d mesh with axis ``"data"`` over ``devices`` (default: all global devices).
+
+  The axis type is ``Auto`` (sharding propagated by XLA, constraints via
+  `with_sharding_constraint`); `jax.make_mesh` orders the devices for the
+  physical topology (TPU rings).
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  if not devices:
+    raise ValueError("make_mesh needs at least one device")
+  return jax.make_mesh((len(devices),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Every device holds the whole array."""
+  return NamedSharding(mesh, P())
+
+
+def batch_axis_sharding(mesh: Mesh, ndim: int, axis: int = 0) -> NamedSharding:
+  """An array of rank ``ndim`` split along ``axis`` over the ``"data"`` axis."""
+  if not 0 <= axis < ndim:
+    raise ValueError(f"axis {axis} out of range for rank {ndim}")
+  spec = [None] * ndim
+  spec[axis] = DATA_AXIS
+  return NamedSharding(mesh, P(*spec))
+
+
+def real_batch_sharding(mesh: Mesh, leading_axes: int = 0) -> NamedSharding:
+  """Sharding of a real batch ``[..., C, B, H, W, Ch]``: split along ``B``.
+
+  ``leading_axes`` counts extra axes in front, e.g. 1 for the streamed
+  ``[T, C, B, H, W, Ch]``.
+  """
+  return batch_axis_sharding(mesh, leading_axes + 5, leading_axes + 1)
+
+
+def check_divisible(mesh: Mesh, *, batch_real: int | None = None,
+                    num_classes: int | None = None,
+                    class_sharded: bool = False) -> None:
+  """ValueError unless the sharded axes divide evenly over the mesh's devices."""
+  n = mesh.size
+  if batch_real is not None and batch_real % n:
+    raise ValueError(f"distill.batch_real={batch_real} is not divisible by the "
+                     f"device count ({n}); use a multiple of {n}")
+  if class_sharded and num_classes is not None and num_classes % n:
+    raise ValueError(f"class_sharded needs the number of classes ({num_classes}) "
+                     f"divisible by the device count ({n})")
+
+
+# ----------------------------------------------------------------- placement
+
+
+def _put_leaf(x, sharding: NamedSharding) -> jax.Array:
+  if sharding.is_fully_addressable:
+    return jax.device_put(x, sharding)
+  # Multi-process: every process holds the same host-global value and fills
+  # only the shards of its own devices.
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def put(tree: Any, shardings: Any) -> Any:
+  """Places ``tree`` with ``shardings`` (a matching tree, or one sharding for all).
+
+  Leaves are host-global values (numpy, Python scalars, or single-process jax
+  arrays), identical on every process in a multi-process run.
+  """
+  if isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: _put_leaf(x, shardings), tree)
+  return jax.tree.map(_put_leaf, tree, shardings)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Every leaf of ``tree`` (a Pool, ClassIndexedData, ...) replicated on ``mesh``."""
+  return put(tree, replicated(mesh))
+
+
+def state_shardings(state: distill_lib.DistillState, mesh: Mesh,
+                    class_sharded: bool = False) -> distill_lib.DistillState:
+  """A DistillState of NamedShardings.
+
+  Replicated everywhere, except with ``class_sharded`` the synthetic images
+  ``[C, ipc, H, W, Ch]`` and the image optimizer leaves of that same shape (the
+  Adam moments), split along ``C``.
+  """
+  rep = replicated(mesh)
+  if not class_sharded:
+    return jax.tree.map(lambda _: rep, state)
+  syn_shape = tuple(state.syn_images.shape)
+  check_divisible(mesh, num_classes=syn_shape[0], class_sharded=True)
+  by_class = batch_axis_sharding(mesh, len(syn_shape), 0)
+  image_opt = jax.tree.map(
+      lambda x: by_class if tuple(np.shape(x)) == syn_shape else rep,
+      state.image_opt_state)
+  shardings = jax.tree.map(lambda _: rep, state)
+  return shardings._replace(syn_images=by_class, image_opt_state=image_opt)
+
+
+def shard_state(state: distill_lib.DistillState, mesh: Mesh,
+                class_sharded: bool = False) -> distill_lib.DistillState:
+  """Places a DistillState on ``mesh`` (see `state_shardings`)."""
+  return put(state, state_shardings(state, mesh, class_sharded))
+
+
+def to_host(tree: Any) -> Any:
+  """numpy copy of every leaf, gathered across processes where a leaf is split."""
+  def leaf(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+  return jax.tree.map(leaf, tree)
+
+
+# -------------------------------------------------------------- distillation
+
+
+def constrain_real_batch(distill_step: Callable, mesh: Mesh) -> Callable:
+  """``distill_step`` with its real batch ``[C, B, H, W, Ch]`` split along ``B``.
+
+  The constraint makes XLA partition the sampling gather, the real forward pass
+  and the NCFD's means over ``B``; everything else follows by propagation. The
+  real forward stays split only if the step flattens ``[C, B]`` B-major before
+  the model (`distill.make_distill_step`'s ``embed(..., batch_major=True)``);
+  a C-major flatten of a B-split batch makes XLA all-gather it (same result,
+  no speed-up).
+  """
+  batch_sharding = real_batch_sharding(mesh)
+
+  def step(state, pool, real_batch):
+    real_batch = jax.lax.with_sharding_constraint(real_batch, batch_sharding)
+    return distill_step(state, pool, real_batch)
+
+  if hasattr(distill_step, "evaluate"):
+    def evaluate(state, pool, real_batch):
+      return distill_step.evaluate(
+          state, pool, jax.lax.with_sharding_constraint(real_batch, batch_sharding))
+    step.evaluate = evaluate
+  return step
+
+
+def make_sharded_run_steps(distill_step: Callable, distill_config, num_steps: int,
+                           mesh: Mesh, class_sharded: bool = False) -> Callable:
+  """Sharded counterpart of `distill.make_run_steps`.
+
+  Returns ``run(state, pool, source) -> (state, metrics [num_steps])`` with the
+  same semantics: ``source`` is a ``ClassIndexedData`` (sampled on the devices,
+  replicated) or a uint8 ``[num_steps, C, B, H, W, Ch]`` array of streamed
+  batches (split along ``B``). ``state`` comes back with the shardings
+  of `state_shardings`, metrics replicated. Inputs placed with `shard_state` /
+  `replicate` avoid a copy; others are moved by `jax.jit`. The state is donated.
+
+  Raises:
+    ValueError: ``distill_config.batch_real`` not divisible by the device
+      count, or (class sharded) the class count not divisible (checked at the
+      first call).
+  """
+  check_divisible(mesh, batch_real=int(distill_config.batch_real))
+  inner = distill_lib.make_run_steps(
+      constrain_real_batch(distill_step, mesh), distill_config, num_steps)
+  use_scan = distill_lib.resolve_use_scan(distill_config.use_scan)
+  rep = replicated(mesh)
+  cache: dict[str, Callable] = {}
+
+  def jitted(state, source):
+    indexed = isinstance(source, sampling.ClassIndexedData)
+    kind = "indexed" if indexed else "streamed"
+    if kind not in cache:
+      state_sh = state_shardings(state, mesh, class_sharded)
+      if indexed:
+        source_sh = rep
+      else:
+        # A scan consumes [T, C, B, ...]; the Python loop feeds one [C, B, ...].
+        source_sh = real_batch_sharding(mesh, 1 if use_scan else 0)
+      fn = inner if use_scan else inner.jitted_step
+      cache[kind] = jax.jit(fn, in_shardings=(state_sh, rep, source_sh),
+                            out_shardings=(state_sh, rep), donate_argnums=(0,))
+    return cache[kind]
+
+  def run(state, pool, source):
+    if class_sharded:
+      check_divisible(mesh, num_classes=int(state.syn_images.shape[0]), class_sharded=True)
+    fn = jitted(state, source)
+    if use_scan:
+      return fn(state, pool, source)
+    history = []
+    for i in range(num_steps):
+      item = source if isinstance(source, sampling.ClassIndexedData) else source[i]
+      state, metrics = fn(state, pool, item)
+      history.append(metrics)
+    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)
+
+  run.jitted = jitted  # (state, source) -> the jitted function (for cost analysis)
+  return run
+
+
+def put_streamed(batches, mesh: Mesh) -> jax.Array:
+  """Host batches uint8 ``[T, C, B, H, W, Ch]`` (same on every process) -> global array."""
+  return put(batches, real_batch_sharding(mesh, leading_axes=1))
+
+
+# ------------------------------------------------------- classifier training
+
+
+def shard_batch_axis(x, mesh: Mesh, axis: int = 0) -> jax.Array:
+  """Places a host-global array split along ``axis`` (e.g. batch indices ``[S, B]``, axis 1)."""
+  size = np.shape(x)[axis]
+  if size % mesh.size:
+    raise ValueError(f"batch axis {axis} of size {size} is not divisible by the "
+                     f"device count ({mesh.size})")
+  return put(x, batch_axis_sharding(mesh, np.ndim(x), axis))
+
+
+def constrain_batch_axis(x: jax.Array, mesh: Mesh, axis: int = 0) -> jax.Array:
+  """Inside a jitted function: ``x`` split along ``axis`` (e.g. a gathered batch ``[B, ...]``)."""
+  return jax.lax.with_sharding_constraint(x, batch_axis_sharding(mesh, x.ndim, axis))
+
+
+def data_parallel_train_chunk(chunk_fn: Callable, mesh: Mesh, batch_size: int) -> Callable:
+  """A `train.make_train_chunk` function, data parallel on ``mesh``.
+
+  ``chunk(state, images, targets, batch_idx [S, B], keys [S])``: the training
+  state, images and targets replicated, ``batch_idx`` split along ``B``, so the
+  gathered batch, its forward/backward and the batch-norm statistics are split
+  (XLA all-reduces the means: the same step as on one device); outputs
+  replicated. The state is donated.
+  """
+  if batch_size % mesh.size:
+    raise ValueError(f"batch_size={batch_size} is not divisible by the device count "
+                     f"({mesh.size})")
+  rep = replicated(mesh)
+  return jax.jit(chunk_fn,
+                 in_shardings=(rep, rep, rep, batch_axis_sharding(mesh, 2, 1), rep),
+                 out_shardings=(rep, rep), donate_argnums=(0,))

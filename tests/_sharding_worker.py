@@ -1,0 +1,64 @@
+"""Worker for tests/test_sharding.py: `python tests/_sharding_worker.py OUT.npz`.
+
+Run with XLA_FLAGS=--xla_force_host_platform_device_count=4. Runs the same two
+steps single-device (`distill.make_run_steps`), data parallel and class
+sharded on a 4-device mesh, and saves images, psi, losses, the per-device
+convolution batch sizes of the compiled sharded steps and the messages of the
+divisibility errors.
+"""
+
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import _sharding_common as common
+from ncfm_jax import distill
+from ncfm_jax import sharding
+
+NUM_STEPS = 2
+
+
+def _conv_batches(compiled_text: str) -> list[int]:
+  """Leading dims of every convolution output in compiled HLO (per-device shapes)."""
+  return sorted({int(m) for m in re.findall(r"f32\[(\d+),\d+,\d+,\d+\]\{[\d,]+\} convolution",
+                                          compiled_text)})
+
+
+def main(out_path: str) -> None:
+  assert jax.device_count() == 4, jax.devices()
+  cfg = common.config()
+  state, pool, data, step = common.setup(cfg)
+  copy = lambda tree: jax.tree.map(jnp.array, tree)
+  out = {}
+  ref_state, ref_metrics = distill.make_run_steps(step, cfg, NUM_STEPS)(copy(state), pool, data)
+  out.update(common.results("single_", ref_state, ref_metrics))
+
+  mesh = sharding.make_mesh()
+  for name, class_sharded in (("dp_", False), ("cs_", True)):
+    run = sharding.make_sharded_run_steps(step, cfg, NUM_STEPS, mesh, class_sharded)
+    s0 = sharding.shard_state(copy(state), mesh, class_sharded)
+    pool_r, data_r = sharding.replicate(pool, mesh), sharding.replicate(data, mesh)
+    text = run.jitted(s0, data_r).lower(s0, pool_r, data_r).compile().as_text()
+    new_state, metrics = run(s0, pool_r, data_r)
+    out.update(common.results(name, sharding.to_host(new_state), metrics))
+    out[name + "conv_batches"] = np.asarray(_conv_batches(text))
+    out[name + "images_spec"] = np.asarray(str(new_state.syn_images.sharding.spec))
+    mu = new_state.image_opt_state[0][0].mu
+    out[name + "mu_spec"] = np.asarray(str(mu.sharding.spec))
+  try:
+    sharding.make_sharded_run_steps(step, common.config(batch_real=6), NUM_STEPS, mesh)
+  except ValueError as err:
+    out["error_batch"] = np.asarray(str(err))
+  try:
+    sharding.shard_state(state._replace(syn_images=state.syn_images[:3]), mesh,
+                         class_sharded=True)
+  except ValueError as err:
+    out["error_classes"] = np.asarray(str(err))
+  np.savez(out_path, **out)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1])
