@@ -43,23 +43,38 @@ _ROW_MARKER = "SCALING_ROW "
 # ---------------------------------------------------------------- children
 
 
-def _time_run(run, state, pool, source, steps_per_call: int, repeats: int) -> dict[str, Any]:
-  """Seconds per step of `run(state, pool, source)` (state donated) after one warm-up call."""
+def _time_runs(cases: dict[str, list], steps_per_call: int,
+               repeats: int) -> dict[str, dict[str, Any]]:
+  """Seconds per step of each ``name -> [run, state, pool, source]`` (state donated).
+
+  One warm-up call each, then the cases take turns, so that a change in the
+  machine's load hits every case alike.
+  """
   import jax  # pylint: disable=g-import-not-at-top
-  start = time.perf_counter()
-  state, metrics = run(state, pool, source)
-  jax.block_until_ready((state, metrics))
-  first = time.perf_counter() - start
-  per_step = []
-  for _ in range(repeats):
+
+  def call(case):
+    run, state, pool, source = case
     start = time.perf_counter()
     state, metrics = run(state, pool, source)
     jax.block_until_ready((state, metrics))
-    per_step.append((time.perf_counter() - start) / steps_per_call)
-  median = statistics.median(per_step)
-  return {"seconds_per_step": median, "steps_per_second": 1.0 / median,
-          "min_seconds_per_step": min(per_step), "first_call_seconds": first,
-          "final_loss": float(metrics["loss"][-1])}
+    case[1] = state
+    return time.perf_counter() - start, metrics
+
+  first = {name: call(case)[0] for name, case in cases.items()}
+  per_step = {name: [] for name in cases}
+  losses = {}
+  for _ in range(repeats):
+    for name, case in cases.items():
+      seconds, metrics = call(case)
+      per_step[name].append(seconds / steps_per_call)
+      losses[name] = float(metrics["loss"][-1])
+  out = {}
+  for name, times in per_step.items():
+    median = statistics.median(times)
+    out[name] = {"seconds_per_step": median, "steps_per_second": 1.0 / median,
+                 "min_seconds_per_step": min(times), "first_call_seconds": first[name],
+                 "final_loss": losses[name]}
+  return out
 
 
 def _workload(name: str):
@@ -90,28 +105,29 @@ def _measure_distill(num_devices: int, workload_name: str, layouts: Sequence[str
   state, pool, data, step_fn = bench_step.setup(workload, config)
   mesh = sharding.make_mesh(devices[:num_devices])
   copy = lambda tree: jax.tree.map(jnp.array, tree)
-  rows = []
+  cases = {}
   for layout in layouts:
-    row = {"devices": num_devices, "layout": layout, "workload": workload.name,
-           "global_batch_real": workload.batch_real, "classes": workload.classes,
-           "use_scan": distill.resolve_use_scan(use_scan),
-           "device_kind": devices[0].device_kind}
     if layout == "plain":
-      if num_devices != 1:
-        continue
-      run = distill.make_run_steps(step_fn, config, steps_per_call)
-      row.update(_time_run(run, copy(state), pool, data, steps_per_call, repeats))
-    else:
+      if num_devices == 1:
+        cases[layout] = [distill.make_run_steps(step_fn, config, steps_per_call),
+                         copy(state), pool, data]
+    elif layout in ("dp", "cs"):
       class_sharded = layout == "cs"
       if class_sharded and workload.classes % num_devices:
         continue
-      run = sharding.make_sharded_run_steps(step_fn, config, steps_per_call, mesh,
-                                            class_sharded)
-      row.update(_time_run(run, sharding.shard_state(copy(state), mesh, class_sharded),
-                           sharding.replicate(pool, mesh), sharding.replicate(data, mesh),
-                           steps_per_call, repeats))
-    rows.append(row)
-  return rows
+      cases[layout] = [
+          sharding.make_sharded_run_steps(step_fn, config, steps_per_call, mesh,
+                                          class_sharded),
+          sharding.shard_state(copy(state), mesh, class_sharded),
+          sharding.replicate(pool, mesh), sharding.replicate(data, mesh)]
+    else:
+      raise ValueError(f"unknown layout {layout!r}; use plain, dp or cs")
+  timings = _time_runs(cases, steps_per_call, repeats)
+  return [{"devices": num_devices, "layout": layout, "workload": workload.name,
+           "global_batch_real": workload.batch_real, "classes": workload.classes,
+           "width": workload.width, "use_scan": distill.resolve_use_scan(use_scan),
+           "device_kind": devices[0].device_kind, **timing}
+          for layout, timing in timings.items()]
 
 
 def _measure_train(num_devices: int, batch_size: int, num_examples: int, steps: int,
@@ -147,50 +163,49 @@ def _measure_train(num_devices: int, batch_size: int, num_examples: int, steps: 
     return train_lib.epoch_batches(np.random.default_rng(seed), num_examples,
                                    batch_size, steps)
 
-  def timed(fn, make_args, models_trained):
+  keys = jax.random.split(jax.random.PRNGKey(0), steps)
+  # name -> (models trained at once, jitted chunk, fresh arguments)
+  cases = {
+      # One model, no mesh.
+      "single": (1, chunk, lambda: (init_state(jax.random.PRNGKey(1)), images, targets,
+                                    jnp.asarray(batch_idx(0)), keys)),
+      # One model, data parallel: batch indices (so the batch) split along B.
+      "data_parallel": (1, sharding.data_parallel_train_chunk(chunk, mesh, batch_size),
+                        lambda: (sharding.replicate(init_state(jax.random.PRNGKey(1)), mesh),
+                                 sharding.replicate(images, mesh),
+                                 sharding.replicate(targets, mesh),
+                                 sharding.shard_batch_axis(batch_idx(0), mesh, axis=1),
+                                 sharding.replicate(keys, mesh))),
+  }
+  # num_devices models (e.g. evaluation repeats) vmapped over their own init,
+  # batches and keys, the model axis split over the devices.
+  by_model = lambda ndim: sharding.batch_axis_sharding(mesh, ndim, 0)
+  vmapped = jax.jit(jax.vmap(chunk, in_axes=(0, None, None, 0, 0)),
+                    in_shardings=(by_model(1), rep, rep, by_model(3), by_model(3)),
+                    out_shardings=by_model(1), donate_argnums=(0,))
+  cases["vmapped_ensemble"] = (num_devices, vmapped, lambda: (
+      jax.vmap(init_state)(jax.random.split(jax.random.PRNGKey(1), num_devices)),
+      images, targets, jnp.asarray(np.stack([batch_idx(m) for m in range(num_devices)])),
+      jnp.stack([keys] * num_devices)))
+
+  def call(fn, make_args):
     args = make_args()
+    jax.block_until_ready(args)
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - start
-    per_step = []
-    for _ in range(repeats):
-      args = make_args()
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      per_step.append((time.perf_counter() - start) / steps)
-    median = statistics.median(per_step)
-    return {"seconds_per_step": median, "model_steps_per_second": models_trained / median,
-            "first_call_seconds": first}
+    return time.perf_counter() - start
 
-  keys = jax.random.split(jax.random.PRNGKey(0), steps)
+  first = {name: call(fn, make_args) for name, (_, fn, make_args) in cases.items()}
+  per_step = {name: [] for name in cases}
+  for _ in range(repeats):  # cases take turns (load drift hits all alike)
+    for name, (_, fn, make_args) in cases.items():
+      per_step[name].append(call(fn, make_args) / steps)
   rows = []
-  # 1. One model, plain (no mesh).
-  rows.append({"mode": "single", "models": 1, **timed(
-      chunk, lambda: (init_state(jax.random.PRNGKey(1)), images, targets,
-                      jnp.asarray(batch_idx(0)), keys), 1)})
-  # 2. One model, data parallel: batch indices split along B.
-  dp_chunk = sharding.data_parallel_train_chunk(chunk, mesh, batch_size)
-  rows.append({"mode": "data_parallel", "models": 1, **timed(
-      dp_chunk, lambda: (sharding.replicate(init_state(jax.random.PRNGKey(1)), mesh),
-                         sharding.replicate(images, mesh), sharding.replicate(targets, mesh),
-                         sharding.shard_batch_axis(batch_idx(0), mesh, axis=1),
-                         sharding.replicate(keys, mesh)), 1)})
-  # 3. num_devices models vmapped over their own init / batches / keys, split over devices.
-  ensemble = sharding.batch_axis_sharding
-  vmapped = jax.jit(jax.vmap(chunk, in_axes=(0, None, None, 0, 0)),
-                    in_shardings=(ensemble(mesh, 1), rep, rep, ensemble(mesh, 3),
-                                  ensemble(mesh, 2)),
-                    out_shardings=ensemble(mesh, 1), donate_argnums=(0,))
-  # (a prefix sharding for the state: split along the leading model axis)
-
-  def ensemble_args():
-    states = jax.vmap(init_state)(jax.random.split(jax.random.PRNGKey(1), num_devices))
-    idx = np.stack([batch_idx(m) for m in range(num_devices)])
-    return (states, images, targets, jnp.asarray(idx),
-            jnp.stack([keys] * num_devices))
-
-  rows.append({"mode": "vmapped_ensemble", "models": num_devices,
-               **timed(vmapped, ensemble_args, num_devices)})
+  for name, (num_models, _, _) in cases.items():
+    median = statistics.median(per_step[name])
+    rows.append({"mode": name, "models": num_models, "seconds_per_step": median,
+                 "model_steps_per_second": num_models / median,
+                 "first_call_seconds": first[name]})
   for row in rows:
     row.update(devices=num_devices, batch_size=batch_size, width=width, depth=depth,
                steps_per_call=steps)
