@@ -31,6 +31,7 @@ import os
 from collections.abc import Mapping
 
 import jax
+from jax.experimental import multihost_utils
 
 ENV_COORDINATOR = "NCFM_COORDINATOR"
 ENV_NUM_PROCESSES = "NCFM_NUM_PROCESSES"
@@ -135,6 +136,13 @@ def _set_cpu_collectives(implementation: str | None) -> None:
 def is_primary() -> bool:
   """True in process 0, the one that writes outputs (always True for one process)."""
   return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process gets here (e.g. after process 0 wrote a file the
+  others read); nothing for a single process."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def describe() -> str:

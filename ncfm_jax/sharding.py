@@ -39,7 +39,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +47,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ncfm_jax import distill as distill_lib
 from ncfm_jax.data import sampling
+
+if TYPE_CHECKING:  # distill imports train, which may import this module
+  from ncfm_jax import distill as distill_lib
 
 DATA_AXIS = "data"
 """Name of the mesh's only axis."""
@@ -162,6 +164,18 @@ def shard_state(state: distill_lib.DistillState, mesh: Mesh,
   return put(state, state_shardings(state, mesh, class_sharded))
 
 
+def abstract_arrays(tree: Any, shardings: Any) -> Any:
+  """`jax.ShapeDtypeStruct`s of ``tree`` carrying ``shardings`` (a tree or one sharding).
+
+  The restore target of an Orbax checkpoint that should come back placed on a
+  mesh (in a multi-process run every restored array must have a sharding).
+  """
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s),
+                      tree, shardings)
+
+
 def to_host(tree: Any) -> Any:
   """numpy copy of every leaf, gathered across processes where a leaf is split."""
   def leaf(x):
@@ -216,6 +230,7 @@ def make_sharded_run_steps(distill_step: Callable, distill_config, num_steps: in
       count, or (class sharded) the class count not divisible (checked at the
       first call).
   """
+  from ncfm_jax import distill as distill_lib  # pylint: disable=g-import-not-at-top
   check_divisible(mesh, batch_real=int(distill_config.batch_real))
   inner = distill_lib.make_run_steps(
       constrain_real_batch(distill_step, mesh), distill_config, num_steps)
@@ -277,16 +292,18 @@ def constrain_batch_axis(x: jax.Array, mesh: Mesh, axis: int = 0) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, batch_axis_sharding(mesh, x.ndim, axis))
 
 
-def data_parallel_train_chunk(chunk_fn: Callable, mesh: Mesh, batch_size: int) -> Callable:
+def data_parallel_train_chunk(chunk_fn: Callable, mesh: Mesh,
+                              batch_size: int | None = None) -> Callable:
   """A `train.make_train_chunk` function, data parallel on ``mesh``.
 
   ``chunk(state, images, targets, batch_idx [S, B], keys [S])``: the training
   state, images and targets replicated, ``batch_idx`` split along ``B``, so the
   gathered batch, its forward/backward and the batch-norm statistics are split
   (XLA all-reduces the means: the same step as on one device); outputs
-  replicated. The state is donated.
+  replicated. The state is donated. ``batch_size`` (B), when given, is checked
+  to divide over the devices.
   """
-  if batch_size % mesh.size:
+  if batch_size is not None and batch_size % mesh.size:
     raise ValueError(f"batch_size={batch_size} is not divisible by the device count "
                      f"({mesh.size})")
   rep = replicated(mesh)
