@@ -429,7 +429,17 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         add_arguments=_step_arguments,
         run=_run_step,
     ),
+    "scaling": Subcommand(
+        help="Sharded step on 1, 2, 4 forced host devices; overhead vs the plain step.",
+        add_arguments=lambda parser: _scaling().add_arguments(parser),
+        run=lambda args: _scaling().run_from_args(args),
+    ),
 }
+
+
+def _scaling():
+  from ncfm_jax import bench_scaling  # pylint: disable=g-import-not-at-top
+  return bench_scaling
 
 
 def main(argv: Sequence[str] | None = None) -> int:

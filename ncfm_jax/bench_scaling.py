@@ -17,10 +17,11 @@ device's convolutions over every core), so on CPU this measures the cost of the
 partitioning and of the collectives, not a speed-up; real speed-ups need
 separate accelerators (``--backend=default`` on a multi-GPU/TPU host).
 
-``run_train_parallelism`` (``--train``) compares, on 2 forced CPU devices, the two
-ways of using several devices to train the evaluation classifier
+``run_train_parallelism`` (``--train``) compares, on 2 forced CPU devices, ways of
+using several devices to train the evaluation classifier
 (`train.make_train_chunk`): one model data parallel (batch split) versus an
-ensemble of models vmapped over the evaluation repeats (one model per device).
+ensemble of models over the evaluation repeats, either vmapped (the model axis
+split over the devices) or one model per device via `jax.shard_map`.
 """
 
 from __future__ import annotations
@@ -183,10 +184,26 @@ def _measure_train(num_devices: int, batch_size: int, num_examples: int, steps: 
   vmapped = jax.jit(jax.vmap(chunk, in_axes=(0, None, None, 0, 0)),
                     in_shardings=(by_model(1), rep, rep, by_model(3), by_model(3)),
                     out_shardings=by_model(1), donate_argnums=(0,))
-  cases["vmapped_ensemble"] = (num_devices, vmapped, lambda: (
+  ensemble_args = lambda: (
       jax.vmap(init_state)(jax.random.split(jax.random.PRNGKey(1), num_devices)),
       images, targets, jnp.asarray(np.stack([batch_idx(m) for m in range(num_devices)])),
-      jnp.stack([keys] * num_devices)))
+      jnp.stack([keys] * num_devices))
+  cases["vmapped_ensemble"] = (num_devices, vmapped, ensemble_args)
+
+  # The same ensemble without vmap: shard_map hands each device its own model
+  # (a block of 1 along the model axis) and the plain chunk trains it; no
+  # communication at all.
+  def one_model_per_device(state, images, targets, idx, keys):
+    first = lambda tree: jax.tree.map(lambda x: x[0], tree)
+    new_state, losses = chunk(first(state), images, targets, idx[0], keys[0])
+    return jax.tree.map(lambda x: x[None], (new_state, losses))
+
+  spec = jax.sharding.PartitionSpec
+  per_device = jax.jit(jax.shard_map(
+      one_model_per_device, mesh=mesh, in_specs=(spec("data"), spec(), spec(),
+                                                 spec("data"), spec("data")),
+      out_specs=spec("data"), check_vma=False), donate_argnums=(0,))
+  cases["sharded_ensemble"] = (num_devices, per_device, ensemble_args)
 
   def call(fn, make_args):
     args = make_args()
@@ -278,8 +295,9 @@ def run_train_parallelism(num_devices: int = 2, batch_size: int = 128,
   """Data-parallel classifier step vs a vmapped ensemble, `num_devices` devices.
 
   Rows: ``single`` (one model, no mesh), ``data_parallel`` (one model, batch
-  split), ``vmapped_ensemble`` (``num_devices`` models, one per device);
-  compare ``model_steps_per_second`` (models x steps per second).
+  split), ``vmapped_ensemble`` (``num_devices`` models vmapped, model axis
+  split), ``sharded_ensemble`` (``num_devices`` models, shard_map, one per
+  device); compare ``model_steps_per_second`` (models x steps per second).
   """
   argv = ["--child-train", str(num_devices), "--batch-size", str(batch_size),
           "--num-examples", str(num_examples), "--steps-per-call", str(steps),

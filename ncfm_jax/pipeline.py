@@ -387,4 +387,4 @@ def print_summary(metrics: dict) -> None:
   if "distill" in metrics:
     dm = metrics["distill"]
     print(f"\ndistill: {dm['steps']} steps, {dm['seconds_per_step']:.3f} s/step, "
-          f"final loss {dm['final_loss']}")
+          f"final loss (mean of the last 10 steps) {dm['final_loss']:.2f}")

@@ -10,6 +10,8 @@ the distillation (DESIGN.md section 4):
   (the empirical characteristic functions) into all-reduces, so the loss and
   every gradient are the single-device ones up to float32 summation order. The
   synthetic images' forward/backward is computed redundantly on every device.
+  (The real forward is split only when the step flattens ``[C, B]`` B-major
+  before the model; see `constrain_real_batch`.)
 * class sharded (``class_sharded=True``): as above, and the synthetic images
   and their Adam moments are split along the class axis ``C``: each device
   decodes, augments, embeds and updates the synthetic images of its ``C / n``
@@ -19,10 +21,9 @@ the distillation (DESIGN.md section 4):
 
 The step is the SAME function that `distill.make_distill_step` returns and the
 same loop `distill.make_run_steps` builds; this module only adds a
-`with_sharding_constraint` on the real batch right after it is sampled (without
-it XLA's propagation keeps the gather from the replicated training set
-replicated, and every device would do all the work) and attaches in/out
-shardings to `jax.jit`.
+`with_sharding_constraint` on the real batch right after it is sampled (the
+batch is gathered from the replicated training set, so nothing else tells XLA
+to split it) and attaches in/out shardings to `jax.jit`.
 
 Multi-process (`ncfm_jax.distributed.maybe_initialize`): every process builds the
 same host values (same seeds); `put` turns them into global arrays with
@@ -272,6 +273,8 @@ def make_sharded_run_steps(distill_step: Callable, distill_config, num_steps: in
 
 def put_streamed(batches, mesh: Mesh) -> jax.Array:
   """Host batches uint8 ``[T, C, B, H, W, Ch]`` (same on every process) -> global array."""
+  if np.ndim(batches) != 6:
+    raise ValueError(f"streamed batches must be [T, C, B, H, W, Ch], got {np.shape(batches)}")
   return put(batches, real_batch_sharding(mesh, leading_axes=1))
 
 
