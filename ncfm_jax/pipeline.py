@@ -146,14 +146,16 @@ class Run:
         lambda: train_lib.init_variables(jax.random.PRNGKey(0), self.model, example))
     target = {"init": abstract_vars, "trained": abstract_vars}
     members = []
-    for member in range(self.config.pretrain.num_models):
-      try:
-        restored = manager.restore(member, args=ocp.args.StandardRestore(target))
-      except Exception as err:  # orbax raises several types for bad files
-        raise PhaseError(f"pool checkpoint {member} in {self.path('pool')} is "
-                         f"unreadable: {type(err).__name__}: {err}") from err
-      members.append((restored["init"], restored["trained"]))
-    manager.close()
+    try:
+      for member in range(self.config.pretrain.num_models):
+        try:
+          restored = manager.restore(member, args=ocp.args.StandardRestore(target))
+        except Exception as err:  # orbax raises several types for bad files
+          raise PhaseError(f"pool checkpoint {member} in {self.path('pool')} is "
+                           f"unreadable ({_first_line(err)})") from err
+        members.append((restored["init"], restored["trained"]))
+    finally:
+      manager.close()
     return distill_lib.stack_pool(members)
 
   # ------------------------------------------------------------------ distill
@@ -207,9 +209,10 @@ class Run:
       abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
       try:
         state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-      except Exception as err:
+      except Exception as err:  # orbax raises several types for bad files
+        manager.close()
         raise PhaseError(f"distillation checkpoint {latest} in {self.path('distill_ckpt')} "
-                         f"is unreadable: {type(err).__name__}: {err}") from err
+                         f"is unreadable ({_first_line(err)})") from err
       state = distill_lib.DistillState(*state) if not isinstance(
           state, distill_lib.DistillState) else state
       stored = wd.read_json(self.path("distill_history.json"), history)
@@ -333,6 +336,11 @@ class Run:
     pool = self.load_pool()
     trained = jax.tree.map(lambda x: x[0], pool.trained_variables)
     return train_lib.make_logits_fn(self.model, trained, self.mean, self.std)
+
+
+def _first_line(err: Exception) -> str:
+  text = str(err).strip().splitlines()
+  return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
 def d_limit_bytes(config) -> int:

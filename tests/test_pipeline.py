@@ -134,4 +134,5 @@ def test_unreadable_checkpoint_is_a_clear_error(pretrained, tmp_path):
       path.write_bytes(b"garbage")
   result = _cli(workdir, "--mode=distill")
   assert result.returncode == 2
-  assert "unreadable" in result.stderr.strip().splitlines()[-1]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "unreadable" in errors[0], result.stderr[-2000:]
