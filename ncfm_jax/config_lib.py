@@ -118,6 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
   # else a Python loop over a jitted single step. None = scan on GPU/TPU, loop
   # on CPU, where the scan measured 2.3x slower (README, "Step benchmark").
   config.distill.steps_per_call = 10
+  # With several devices: split the synthetic images by class too (C divisible by
+  # the device count); otherwise they are replicated and only real data is split.
+  config.distill.class_sharded = False
   config.distill.use_scan = ml_collections.FieldReference(None, field_type=bool)
   config.distill.unroll = 1
   config.distill.checkpoint_every = 500

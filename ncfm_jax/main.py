@@ -12,6 +12,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ncfm_jax import distributed
 from ncfm_jax import pipeline
 from ncfm_jax import workdir as wd
 
@@ -29,6 +30,9 @@ def main(argv):
   # Orbax logs every save at INFO; our own progress lines are printed instead.
   logging.set_verbosity(logging.WARNING)
   try:
+    # Slurm, Cloud TPU pods or NCFM_COORDINATOR/NCFM_NUM_PROCESSES/NCFM_PROCESS_ID:
+    # one program over every host's devices; a no-op for a single process.
+    distributed.maybe_initialize()
     pipeline.run(_CONFIG.value, _WORKDIR.value, _MODE.value)
   except (ValueError, pipeline.PhaseError, wd.WorkdirError, FileNotFoundError) as err:
     print(f"error: {err}", file=sys.stderr)

@@ -17,8 +17,10 @@ import orbax.checkpoint as ocp
 
 from ncfm_jax import data as data_lib
 from ncfm_jax import distill as distill_lib
+from ncfm_jax import distributed
 from ncfm_jax import models
 from ncfm_jax import parameterize
+from ncfm_jax import sharding
 from ncfm_jax import train as train_lib
 from ncfm_jax import workdir as wd
 from ncfm_jax.progress import Progress, format_seconds
@@ -207,6 +209,10 @@ class Run:
     latest = manager.latest_step()
     if latest is not None:
       abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+      if jax.device_count() > 1:  # restore straight onto this run's mesh
+        mesh_now = sharding.make_mesh()
+        abstract = sharding.abstract_arrays(
+            state, sharding.state_shardings(state, mesh_now, d.class_sharded))
       try:
         state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
       except Exception as err:  # orbax raises several types for bad files
@@ -226,6 +232,13 @@ class Run:
     step_fn = distill_lib.make_distill_step(self.model, d, self.mean, self.std, feature_dim)
     per_call = max(1, int(d.steps_per_call))
     run_fns = {}
+    mesh = sharding.make_mesh() if jax.device_count() > 1 else None
+    if mesh is not None:  # data parallel over every device (README "many devices")
+      print(f"[distill] {distributed.describe()}; real batch split over "
+            f"{mesh.size} devices", flush=True)
+      state = sharding.shard_state(state, mesh, d.class_sharded)
+      pool = sharding.replicate(pool, mesh)
+      class_data = sharding.replicate(class_data, mesh) if on_device else None
     host_sampler = None if on_device else data_lib.HostClassSampler(
         self.dataset.train_images, self.dataset.train_labels, self.num_classes,
         seed=self.config.seed)
@@ -238,9 +251,13 @@ class Run:
       # Align calls to checkpoint boundaries so a save never lands mid-call.
       n = min(n, d.checkpoint_every - step % d.checkpoint_every)
       if n not in run_fns:
-        run_fns[n] = distill_lib.make_run_steps(step_fn, d, n)
-      source = class_data if on_device else jnp.asarray(
-          host_sampler.sample_many(n, d.batch_real, start_step=step))
+        run_fns[n] = (distill_lib.make_run_steps(step_fn, d, n) if mesh is None else
+                      sharding.make_sharded_run_steps(step_fn, d, n, mesh, d.class_sharded))
+      if on_device:
+        source = class_data
+      else:
+        batches = host_sampler.sample_many(n, d.batch_real, start_step=step)
+        source = jnp.asarray(batches) if mesh is None else sharding.put_streamed(batches, mesh)
       state, metrics = run_fns[n](state, pool, source)
       losses = np.asarray(metrics["loss"])
       if not np.all(np.isfinite(losses)):
@@ -260,7 +277,7 @@ class Run:
                       lr_scale=float(np.asarray(metrics["lr_scale"])[-1]))
     manager.close()
 
-    syn = np.asarray(state.syn_images)
+    syn = sharding.to_host(state.syn_images)
     decoded = np.asarray(parameterize.decode(
         jnp.asarray(syn.reshape((-1,) + syn.shape[2:])), d.factor))
     labels = np.repeat(np.arange(self.num_classes), d.ipc * d.factor**2)

@@ -21,6 +21,7 @@ import tempfile
 import numpy as np
 
 from ncfm_jax import config_lib
+from ncfm_jax import distributed
 
 # Knobs that change how a run executes, not what it computes: they may differ
 # between invocations on the same workdir.
@@ -28,6 +29,7 @@ RUNTIME_KEYS = frozenset({
     "data.device_limit_mb", "data.data_dir",
     "distill.steps_per_call", "distill.use_scan", "distill.unroll",
     "distill.checkpoint_every", "distill.keep_checkpoints", "distill.log_every",
+    "distill.class_sharded",
     "pretrain.steps_per_call",
 })
 
@@ -81,7 +83,11 @@ def write_config(workdir: str, config) -> None:
 
 
 def write_json(path: str, obj) -> None:
-  """Atomic JSON write (a crash leaves the old file or the new, never half)."""
+  """Atomic JSON write (a crash leaves the old file or the new, never half).
+
+  Like every writer here, only process 0 of a multi-process run writes."""
+  if not distributed.is_primary():
+    return
   directory = os.path.dirname(path) or "."
   fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
   with os.fdopen(fd, "w") as f:
@@ -106,6 +112,8 @@ def update_metrics(workdir: str, **sections) -> dict:
 
 
 def save_npz(path: str, **arrays) -> None:
+  if not distributed.is_primary():
+    return
   directory = os.path.dirname(path) or "."
   fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz")
   os.close(fd)
@@ -119,6 +127,8 @@ def to_uint8(images) -> np.ndarray:
 
 def save_image_grid(path: str, images: np.ndarray, max_columns: int = 20) -> None:
   """`images` `[C, n, H, W, Ch]` in [0, 1] -> PNG, one row per class."""
+  if not distributed.is_primary():
+    return
   from PIL import Image  # pylint: disable=g-import-not-at-top
   classes, n, height, width, channels = images.shape
   n = min(n, max_columns)
@@ -134,6 +144,8 @@ def save_image_grid(path: str, images: np.ndarray, max_columns: int = 20) -> Non
 
 def save_loss_plot(path: str, history: dict) -> None:
   """Loss curves (`history[name]` per step) -> PNG."""
+  if not distributed.is_primary():
+    return
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
