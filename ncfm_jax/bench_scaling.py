@@ -150,6 +150,11 @@ def _measure_train(num_devices: int, batch_size: int, num_examples: int, steps: 
   targets = jax.nn.one_hot(jnp.asarray(rng.integers(0, classes, num_examples)), classes)
   tx = train_lib.make_optimizer(cfg, steps)
   mean, std = (0.5,) * 3, (0.25,) * 3
+  # Every case runs `steps` host calls of ONE jitted step, as train.py's CPU loop
+  # does (with use_scan=False the chunk is a Python loop; jitted on a 1-step
+  # slice it is the single step, no `lax.scan`, which measured ~10x slower per
+  # step here), so that the cases differ only in how the devices are used.
+  cfg.use_scan = False
   chunk = train_lib.make_train_chunk(model, tx, cfg, mean, std)
   mesh = sharding.make_mesh(jax.devices()[:num_devices])
   rep = sharding.replicated(mesh)
@@ -164,19 +169,24 @@ def _measure_train(num_devices: int, batch_size: int, num_examples: int, steps: 
     return train_lib.epoch_batches(np.random.default_rng(seed), num_examples,
                                    batch_size, steps)
 
-  keys = jax.random.split(jax.random.PRNGKey(0), steps)
-  # name -> (models trained at once, jitted chunk, fresh arguments)
+  keys = jax.random.split(jax.random.PRNGKey(0), steps)[:, None]  # [S, 1, 2]
+  idx_single = batch_idx(0)[:, None]  # [S, 1, B]: one 1-step chunk per call
+  idx_models = np.stack([batch_idx(m) for m in range(num_devices)], 1)[:, :, None]
+  keys_models = jnp.stack([keys] * num_devices, 1)  # [S, M, 1, 2]
+
+  images_rep, targets_rep = sharding.replicate((images, targets), mesh)
+  # name -> (models trained at once, jitted 1-step chunk, initial state, per-step args)
   cases = {
       # One model, no mesh.
-      "single": (1, chunk, lambda: (init_state(jax.random.PRNGKey(1)), images, targets,
-                                    jnp.asarray(batch_idx(0)), keys)),
+      "single": (1, chunk, lambda: init_state(jax.random.PRNGKey(1)),
+                 lambda t: (images, targets, jnp.asarray(idx_single[t]), keys[t])),
       # One model, data parallel: batch indices (so the batch) split along B.
-      "data_parallel": (1, sharding.data_parallel_train_chunk(chunk, mesh, batch_size),
-                        lambda: (sharding.replicate(init_state(jax.random.PRNGKey(1)), mesh),
-                                 sharding.replicate(images, mesh),
-                                 sharding.replicate(targets, mesh),
-                                 sharding.shard_batch_axis(batch_idx(0), mesh, axis=1),
-                                 sharding.replicate(keys, mesh))),
+      "data_parallel": (
+          1, sharding.data_parallel_train_chunk(chunk, mesh, batch_size),
+          lambda: sharding.replicate(init_state(jax.random.PRNGKey(1)), mesh),
+          lambda t: (images_rep, targets_rep,
+                     sharding.shard_batch_axis(idx_single[t], mesh, axis=1),
+                     sharding.replicate(keys[t], mesh))),
   }
   # num_devices models (e.g. evaluation repeats) vmapped over their own init,
   # batches and keys, the model axis split over the devices.
@@ -184,11 +194,10 @@ def _measure_train(num_devices: int, batch_size: int, num_examples: int, steps: 
   vmapped = jax.jit(jax.vmap(chunk, in_axes=(0, None, None, 0, 0)),
                     in_shardings=(by_model(1), rep, rep, by_model(3), by_model(3)),
                     out_shardings=by_model(1), donate_argnums=(0,))
-  ensemble_args = lambda: (
-      jax.vmap(init_state)(jax.random.split(jax.random.PRNGKey(1), num_devices)),
-      images, targets, jnp.asarray(np.stack([batch_idx(m) for m in range(num_devices)])),
-      jnp.stack([keys] * num_devices))
-  cases["vmapped_ensemble"] = (num_devices, vmapped, ensemble_args)
+  init_models = lambda: jax.vmap(init_state)(
+      jax.random.split(jax.random.PRNGKey(1), num_devices))
+  models_args = lambda t: (images, targets, jnp.asarray(idx_models[t]), keys_models[t])
+  cases["vmapped_ensemble"] = (num_devices, vmapped, init_models, models_args)
 
   # The same ensemble without vmap: shard_map hands each device its own model
   # (a block of 1 along the model axis) and the plain chunk trains it; no
@@ -203,22 +212,26 @@ def _measure_train(num_devices: int, batch_size: int, num_examples: int, steps: 
       one_model_per_device, mesh=mesh, in_specs=(spec("data"), spec(), spec(),
                                                  spec("data"), spec("data")),
       out_specs=spec("data"), check_vma=False), donate_argnums=(0,))
-  cases["sharded_ensemble"] = (num_devices, per_device, ensemble_args)
+  cases["sharded_ensemble"] = (num_devices, per_device, init_models, models_args)
 
-  def call(fn, make_args):
-    args = make_args()
-    jax.block_until_ready(args)
+  def call(fn, make_state, step_args):
+    """Seconds for `steps` host calls of one step each, from a fresh state."""
+    state = make_state()
+    args = [step_args(t) for t in range(steps)]
+    jax.block_until_ready((state, args))
     start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
+    for t in range(steps):
+      state, losses = fn(state, *args[t])
+    jax.block_until_ready((state, losses))
     return time.perf_counter() - start
 
-  first = {name: call(fn, make_args) for name, (_, fn, make_args) in cases.items()}
+  first = {name: call(*case[1:]) for name, case in cases.items()}
   per_step = {name: [] for name in cases}
   for _ in range(repeats):  # cases take turns (load drift hits all alike)
-    for name, (_, fn, make_args) in cases.items():
-      per_step[name].append(call(fn, make_args) / steps)
+    for name, case in cases.items():
+      per_step[name].append(call(*case[1:]) / steps)
   rows = []
-  for name, (num_models, _, _) in cases.items():
+  for name, (num_models, _, _, _) in cases.items():
     median = statistics.median(per_step[name])
     rows.append({"mode": name, "models": num_models, "seconds_per_step": median,
                  "model_steps_per_second": num_models / median,

@@ -296,20 +296,23 @@ def constrain_batch_axis(x: jax.Array, mesh: Mesh, axis: int = 0) -> jax.Array:
 
 
 def data_parallel_train_chunk(chunk_fn: Callable, mesh: Mesh,
-                              batch_size: int | None = None) -> Callable:
-  """A `train.make_train_chunk` function, data parallel on ``mesh``.
+                              batch_size: int | None = None, *,
+                              batch_axis: int = 1) -> Callable:
+  """A `train.make_train_chunk` chunk (or its single step), data parallel on ``mesh``.
 
-  ``chunk(state, images, targets, batch_idx [S, B], keys [S])``: the training
-  state, images and targets replicated, ``batch_idx`` split along ``B``, so the
-  gathered batch, its forward/backward and the batch-norm statistics are split
-  (XLA all-reduces the means: the same step as on one device); outputs
-  replicated. The state is donated. ``batch_size`` (B), when given, is checked
-  to divide over the devices.
+  ``fn(state, images, targets, batch_idx, keys) -> (state, losses)`` with
+  ``batch_idx`` ``[S, B]`` (a chunk, ``batch_axis=1``) or ``[B]`` (one step,
+  ``batch_axis=0``): the training state, images, targets and keys replicated,
+  ``batch_idx`` split along ``B``, so the gathered batch, its forward/backward
+  and the batch-norm statistics are split (XLA all-reduces the means: the same
+  step as on one device); outputs replicated. The state is donated.
+  ``batch_size`` (B), when given, is checked to divide over the devices.
   """
   if batch_size is not None and batch_size % mesh.size:
     raise ValueError(f"batch_size={batch_size} is not divisible by the device count "
                      f"({mesh.size})")
   rep = replicated(mesh)
   return jax.jit(chunk_fn,
-                 in_shardings=(rep, rep, rep, batch_axis_sharding(mesh, 2, 1), rep),
+                 in_shardings=(rep, rep, rep,
+                               batch_axis_sharding(mesh, batch_axis + 1, batch_axis), rep),
                  out_shardings=(rep, rep), donate_argnums=(0,))
