@@ -248,12 +248,19 @@ def make_run_steps(distill_step, distill_config, num_steps: int):
     return run
 
   def run(state, pool, source):
-    history = []
-    for i in range(num_steps):
-      item = source if isinstance(source, sampling.ClassIndexedData) else source[i]
-      state, metrics = jitted_one(state, pool, item)
-      history.append(metrics)
-    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)
+    return loop_steps(jitted_one, state, pool, source, num_steps)
 
   run.jitted_step = jitted_one
   return run
+
+
+def loop_steps(step_fn, state, pool, source, num_steps: int):
+  """Python loop of `step_fn(state, pool, item)`; metrics stacked to `[num_steps]`.
+
+  `source` is a ClassIndexedData (passed to every step) or `[num_steps, ...]` batches."""
+  history = []
+  for i in range(num_steps):
+    item = source if isinstance(source, sampling.ClassIndexedData) else source[i]
+    state, metrics = step_fn(state, pool, item)
+    history.append(metrics)
+  return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)

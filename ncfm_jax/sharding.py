@@ -260,12 +260,7 @@ def make_sharded_run_steps(distill_step: Callable, distill_config, num_steps: in
     fn = jitted(state, source)
     if use_scan:
       return fn(state, pool, source)
-    history = []
-    for i in range(num_steps):
-      item = source if isinstance(source, sampling.ClassIndexedData) else source[i]
-      state, metrics = fn(state, pool, item)
-      history.append(metrics)
-    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)
+    return distill_lib.loop_steps(fn, state, pool, source, num_steps)
 
   run.jitted = jitted  # (state, source) -> the jitted function (for cost analysis)
   return run
