@@ -181,7 +181,10 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
     aug_keys = jax.random.split(k_aug, real_batch.shape[0])
     blended, trained = _member(pool, k_pool)
     real = augment_per_class(aug_keys, normalize(real_batch, mean, std))
-    real_feats, _ = embed(blended, real)
+    # Flattened B-major, so a real batch split along B (sharding.py) stays split
+    # through the forward pass instead of being all-gathered.
+    real_feats, _ = embed(blended, jnp.swapaxes(real, 0, 1))
+    real_feats = jnp.swapaxes(real_feats, 0, 1)
     return (jax.lax.stop_gradient(real_feats), blended, trained, (aug_keys, k_freq))
 
   def evaluate(state: DistillState, pool: Pool, real_batch: jax.Array):
