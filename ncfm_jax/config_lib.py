@@ -132,7 +132,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.source = "distilled"  # distilled | random_real | init
   config.eval.baselines = True  # mode=all also evaluates random_real and init
   config.eval.num_eval = 5
-  config.eval.archs = ["convnet"]
+  config.eval.archs = ("convnet",)  # CLI: --config.eval.archs=convnet --config.eval.archs=vgg11
   config.eval.epochs = 1000
   config.eval.max_steps = ml_collections.FieldReference(None, field_type=int)
   config.eval.batch_size = 128

@@ -1,119 +1,260 @@
-"""The accuracy study on Fashion-MNIST: `python -m ncfm_jax.study --out=DIR [--group=...]`.
+"""The accuracy study on Fashion-MNIST: `python -m ncfm_jax.study --out=DIR [...]`.
 
-Runs the CLI once per study cell, each in its own workdir under DIR, sharing one
-pretrained pool (copied from the first run: pretraining does not depend on the
-distillation settings), then writes `DIR/<group>.md` tables and `DIR/results.json`.
-Re-running resumes: finished cells are read back from their metrics.json.
+Pretrains one pool (`DIR/pool`, pretraining does not depend on the distillation
+settings), then runs the CLI once per distinct distillation setting, each in its
+own workdir `DIR/<cell>` holding a copy of the pool, `--parallel` at a time (on
+one GPU several small runs share the device). After every finished cell it
+rewrites `DIR/results.json` and the tables `DIR/<group>.md`, so an interrupted
+study keeps what it finished; re-running resumes (finished cells are read back).
 
 Groups (paper counterparts in brackets):
-  methods   ipc x {random real, DM (mmd), NCFM without psi, NCFM with psi}  [Table 1/5]
+  methods   ipc x {random real, DM (mmd), NCFM without psi, NCFM with psi}  [Table 1]
   alpha     ipc 10, NCFM, alpha in {0.001, 0.1, 0.5, 0.9, 0.999}, beta = 1 - alpha [Fig. 5]
   freqs     ipc 10, NCFM, F in {16, 64, 256, 1024, 4096}                  [Fig. 6]
   crossarch ipc 10, NCFM, evaluated on ConvNet, AlexNet, VGG-11, ResNet-18 [Table 4]
-The budget is the config's (`--config`, default the CPU preset `fashion_mnist.py:quick`).
+Cells that distil the same thing (alpha 0.5 and the config's F are the NCFM ipc 10
+cell) run once. The budget is the config's (`--config`). Arguments the study does
+not know (e.g. `--config.data.data_dir=...`) are passed to every CLI run.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import dataclasses
+import datetime
+import importlib.util
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
+import threading
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = {
-    "DM (mmd)": ["--config.distill.loss=mmd"],
-    "NCFM w/o psi": ["--config.distill.sampler=gaussian"],
-    "NCFM": [],
-}
+GROUPS = ("methods", "alpha", "freqs", "crossarch")
+ARCHS = ("convnet", "alexnet", "vgg11", "resnet18")
+METHODS = (  # (label, short name, distill overrides)
+    ("DM (mmd)", "dm", {"loss": "mmd"}),
+    ("NCFM w/o psi", "ncfm_nopsi", {"sampler": "gaussian"}),
+    ("NCFM", "ncfm", {}),
+)
+# Fashion-MNIST anchors quoted in DESIGN.md section 11 (full budgets, GPU).
+PUBLISHED = {"random real": {1: 51.4, 10: 73.8, 50: 82.5},
+             "DC": {1: 70.5, 10: 82.3, 50: 83.6},
+             "DSA": {1: 70.6, 10: 84.6, 50: 88.7}}
 
 
-def cells(group: str, ipcs) -> list[tuple[str, str, list[str]]]:
-  """(cell name, row label, CLI overrides) of a group."""
-  out = []
-  if group == "methods":
+@dataclasses.dataclass
+class Cell:
+  """One CLI run: its workdir name, distill overrides and evaluated archs."""
+  name: str
+  distill: dict
+  archs: tuple = ("convnet",)
+  baselines: bool = False
+
+  def flags(self) -> list[str]:
+    out = [f"--config.distill.{k}={v}" for k, v in sorted(self.distill.items())]
+    return out + [f"--config.eval.archs={arch}" for arch in self.archs] + [
+        f"--config.eval.baselines={self.baselines}"]
+
+
+def with_ipc(spec: str, ipc: int) -> str:
+  """`path.py[:arg]` with `ipc=<ipc>` appended to its arg (epochs depend on ipc)."""
+  path, _, arg = spec.partition(":")
+  return f"{path}:{arg + ',' if arg else ''}ipc={ipc}"
+
+
+def load_config(spec: str):
+  """The ConfigDict of `path.py[:arg]`, as the CLI builds it."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("study_config", os.path.join(ROOT, path)
+                                                       if not os.path.isabs(path) else path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def plan(groups, ipcs, defaults) -> tuple[list[Cell], dict]:
+  """Distinct cells to run, and per group its rows `(label, cell name, source)`.
+
+  `defaults` is the config's distill section; cells whose effective distill
+  settings coincide are merged (the first name wins, archs are united).
+  """
+  cells: dict[str, Cell] = {}
+  by_setting: dict[str, str] = {}
+  rows: dict[str, list] = {g: [] for g in groups}
+
+  def add(name, overrides, archs=("convnet",), baselines=False) -> str:
+    setting = dict(defaults, **overrides)
+    key = json.dumps(setting, sort_keys=True, default=str)
+    if key in by_setting:
+      cell = cells[by_setting[key]]
+      cell.archs = tuple(a for a in ARCHS if a in set(cell.archs) | set(archs))
+      cell.baselines = cell.baselines or baselines
+      return cell.name
+    cells[name] = Cell(name, {k: setting[k] for k in overrides}, tuple(archs), baselines)
+    by_setting[key] = name
+    return name
+
+  if "methods" in groups:
     for ipc in ipcs:
-      for label, flags in METHODS.items():
-        name = f"methods_ipc{ipc}_{label.split()[0].lower()}{'_nopsi' if 'w/o' in label else ''}"
-        out.append((name, f"{ipc} | {label}", [f"--config.distill.ipc={ipc}", *flags]))
-  elif group == "alpha":
+      names = [add(f"ipc{ipc}_{short}", dict(overrides, ipc=ipc), baselines=short == "ncfm")
+               for _, short, overrides in METHODS]
+      rows["methods"].append((f"{ipc} | random real", names[-1], "baseline_random_real"))
+      rows["methods"].extend((f"{ipc} | {label}", name, "eval")
+                             for (label, _, _), name in zip(METHODS, names))
+  if "crossarch" in groups:
+    name = add("ipc10_ncfm", {"ipc": 10}, archs=ARCHS)
+    rows["crossarch"].append(("NCFM, ConvNet-distilled", name, "eval"))
+  if "alpha" in groups:
     for alpha in (0.001, 0.1, 0.5, 0.9, 0.999):
-      out.append((f"alpha_{alpha}", f"alpha {alpha}",
-                  [f"--config.distill.alpha={alpha}", f"--config.distill.beta={1 - alpha:.3f}"]))
-  elif group == "freqs":
+      name = add(f"ipc10_alpha{alpha}", {"ipc": 10, "alpha": alpha,
+                                         "beta": round(1 - alpha, 6)})
+      rows["alpha"].append((f"alpha {alpha}, beta {round(1 - alpha, 6)}", name, "eval"))
+  if "freqs" in groups:
     for freqs in (16, 64, 256, 1024, 4096):
-      out.append((f"freqs_{freqs}", f"F {freqs}", [f"--config.distill.num_freqs={freqs}"]))
-  elif group == "crossarch":
-    out.append(("crossarch", "NCFM (ConvNet-distilled)",
-                ["--config.eval.archs=['convnet','alexnet','vgg11','resnet18']"]))
-  else:
-    raise ValueError(f"unknown --group {group!r}")
+      name = add(f"ipc10_freqs{freqs}", {"ipc": 10, "num_freqs": freqs})
+      rows["freqs"].append((f"F {freqs}", name, "eval"))
+  # Longest first, so that parallel workers finish together.
+  ordered = sorted(cells.values(), key=lambda c: (-len(c.archs), -c.distill["ipc"]))
+  return ordered, rows
+
+
+def _cell_text(result: dict | None) -> str:
+  if not result or not result.get("runs"):
+    return "-"
+  return f"{result['mean']:.1f} +- {result['std']:.1f} (n={len(result['runs'])})"
+
+
+def tables(rows: dict, results: dict, header: str) -> dict[str, str]:
+  """Markdown per group from `results[cell] = metrics.json`."""
+  out = {}
+  for group, group_rows in rows.items():
+    if group == "crossarch":
+      lines = ["| setting | " + " | ".join(ARCHS) + " |", "| --- |" + " --- |" * len(ARCHS)]
+      for label, name, source in group_rows:
+        evals = results.get(name, {}).get(source, {})
+        lines.append(f"| {label} | " + " | ".join(_cell_text(evals.get(a)) for a in ARCHS) + " |")
+    else:
+      first = "| ipc | method |" if group == "methods" else "| setting |"
+      lines = [first + " ConvNet test accuracy (%) |",
+               "| --- | --- | --- |" if group == "methods" else "| --- | --- |"]
+      for label, name, source in group_rows:
+        evals = results.get(name, {}).get(source, {})
+        lines.append(f"| {label} | {_cell_text(evals.get('convnet'))} |")
+      if group == "methods":
+        ipcs = sorted({int(label.split()[0]) for label, _, _ in group_rows})
+        for method, values in PUBLISHED.items():
+          for ipc in ipcs:
+            if ipc in values:
+              lines.append(f"| {ipc} | published {method} (full budget) | {values[ipc]:.1f} |")
+    out[group] = f"{header}\n\n" + "\n".join(lines) + "\n"
   return out
 
 
-def run_cell(out_dir: str, config: str, name: str, flags: list[str], pool_from: str | None,
-             with_baselines: bool) -> dict:
-  workdir = os.path.join(out_dir, name)
-  if pool_from and not os.path.exists(os.path.join(workdir, "pool")):
-    os.makedirs(workdir, exist_ok=True)
-    shutil.copytree(os.path.join(pool_from, "pool"), os.path.join(workdir, "pool"))
-    shutil.copy(os.path.join(pool_from, "pool_accuracy.json"), workdir)
+def run_cli(workdir: str, config: str, flags: list[str], env: dict, log_path: str,
+            mode: str = "all") -> None:
   command = [sys.executable, "-m", "ncfm_jax.main", f"--config={config}",
-             f"--workdir={workdir}", *flags,
-             f"--config.eval.baselines={with_baselines}"]
-  print("$", " ".join(command), flush=True)
-  subprocess.run(command, cwd=ROOT, check=True)
-  with open(os.path.join(workdir, "metrics.json")) as f:
-    return json.load(f)
+             f"--workdir={workdir}", f"--mode={mode}", *flags]
+  with open(log_path, "a") as log:
+    log.write("$ " + " ".join(command) + "\n")
+    log.flush()
+    done = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+  if done.returncode:
+    with open(log_path) as log:
+      lines = log.read().strip().splitlines() or [""]
+    reason = next((l for l in reversed(lines) if l.startswith(("error:", "FATAL"))), lines[-1])
+    raise RuntimeError(f"{os.path.basename(workdir)} failed (exit {done.returncode}): "
+                       f"{reason} -- log: {log_path}")
 
 
-def _cell(result: dict | None) -> str:
-  if not result:
-    return "-"
-  return f"{result['mean']:.1f} +- {result['std']:.1f}"
+def child_env(parallel: int) -> dict:
+  env = dict(os.environ)
+  if parallel > 1:  # several processes on one accelerator: no memory grab each
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / parallel:.3f}")
+  return env
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m ncfm_jax.study", description=__doc__)
-  parser.add_argument("--out", required=True, help="study directory")
-  parser.add_argument("--config", default="configs/fashion_mnist.py:quick")
-  parser.add_argument("--group", default="methods,alpha,freqs,crossarch")
+  parser = argparse.ArgumentParser(prog="python -m ncfm_jax.study", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--out", required=True, help="study directory (resumable)")
+  parser.add_argument("--config", default="configs/fashion_mnist.py:quick",
+                      help="the CLI config that sets the budget")
+  parser.add_argument("--group", default=",".join(GROUPS))
   parser.add_argument("--ipcs", default="1,10,50")
-  args = parser.parse_args(argv)
-  os.makedirs(args.out, exist_ok=True)
+  parser.add_argument("--parallel", type=int, default=1, help="CLI runs at a time")
+  args, passthrough = parser.parse_known_args(argv)
+  groups = [g.strip() for g in args.group.split(",") if g.strip()]
+  for group in groups:
+    if group not in GROUPS:
+      parser.error(f"unknown --group {group!r}; valid: {', '.join(GROUPS)}")
   ipcs = [int(i) for i in args.ipcs.split(",")]
+  if args.parallel < 1:
+    parser.error("--parallel must be >= 1")
+  config = load_config(args.config)
+  cells, rows = plan(groups, ipcs, config.distill.to_dict())
+
+  os.makedirs(args.out, exist_ok=True)
   results_path = os.path.join(args.out, "results.json")
   results = json.load(open(results_path)) if os.path.exists(results_path) else {}
-  pool_from = None
-  for group in args.group.split(","):
-    rows = []
-    for name, label, flags in cells(group, ipcs):
-      # The NCFM cell of each ipc also evaluates the random-real baseline.
-      with_baselines = group == "methods" and label.endswith("| NCFM")
-      metrics = run_cell(args.out, args.config, name, flags, pool_from, with_baselines)
-      pool_from = pool_from or os.path.join(args.out, name)
-      results[name] = metrics
-      with open(results_path, "w") as f:
-        json.dump(results, f, indent=1)
-      evals = metrics.get("eval", {})
-      if group == "crossarch":
-        rows.append(f"| {label} | " + " | ".join(
-            _cell(evals.get(a)) for a in ("convnet", "alexnet", "vgg11", "resnet18")) + " |")
-      else:
-        rows.append(f"| {label} | {_cell(evals.get('convnet'))} |")
-        if with_baselines:
-          ipc = metrics["ipc"]
-          rows.append(f"| {ipc} | random real | "
-                      f"{_cell(metrics.get('baseline_random_real', {}).get('convnet'))} |")
-    header = {"crossarch": "| setting | ConvNet | AlexNet | VGG-11 | ResNet-18 |\n| --- | --- | --- | --- | --- |",
-              "methods": "| ipc | method | ConvNet test accuracy (%) |\n| --- | --- | --- |"}.get(
-                  group, "| setting | ConvNet test accuracy (%) |\n| --- | --- |")
-    table = f"{header}\n" + "\n".join(rows) + "\n"
-    with open(os.path.join(args.out, f"{group}.md"), "w") as f:
-      f.write(f"config {args.config}\n\n{table}")
-    print(table, flush=True)
+  header = (f"config `{args.config}` {' '.join(passthrough)}; "
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}, "
+            f"{platform.node() or 'unknown host'}")
+  env = child_env(args.parallel)
+  lock = threading.Lock()
+
+  def publish():
+    with open(results_path, "w") as f:
+      json.dump(results, f, indent=1)
+    for group, text in tables(rows, results, header).items():
+      with open(os.path.join(args.out, f"{group}.md"), "w") as f:
+        f.write(text)
+
+  start = time.time()
+  pool_dir = os.path.join(args.out, "pool")
+  print(f"[study] {len(cells)} distillation runs, {args.parallel} at a time; "
+        f"pretraining the shared pool in {pool_dir}", flush=True)
+  os.makedirs(pool_dir, exist_ok=True)
+  run_cli(pool_dir, args.config, passthrough, env, os.path.join(pool_dir, "log.txt"),
+          mode="pretrain")
+
+  def run_cell(cell: Cell) -> None:
+    workdir = os.path.join(args.out, cell.name)
+    if not os.path.exists(os.path.join(workdir, "pool")):
+      os.makedirs(workdir, exist_ok=True)
+      shutil.copytree(os.path.join(pool_dir, "pool"), os.path.join(workdir, "pool"))
+      shutil.copy(os.path.join(pool_dir, "pool_accuracy.json"), workdir)
+    cell_start = time.time()
+    print(f"[study] start {cell.name}: {' '.join(cell.flags())}", flush=True)
+    run_cli(workdir, with_ipc(args.config, cell.distill["ipc"]), cell.flags() + passthrough, env,
+            os.path.join(workdir, "log.txt"))
+    with open(os.path.join(workdir, "metrics.json")) as f:
+      metrics = json.load(f)
+    with lock:
+      results[cell.name] = metrics
+      publish()
+    accuracy = metrics.get("eval", {}).get("convnet", {}).get("mean", float("nan"))
+    print(f"[study] done  {cell.name}: ConvNet {accuracy:.2f}% in "
+          f"{time.time() - cell_start:.0f} s (study {time.time() - start:.0f} s)", flush=True)
+
+  failures = []
+  with concurrent.futures.ThreadPoolExecutor(args.parallel) as executor:
+    futures = {executor.submit(run_cell, cell): cell for cell in cells}
+    for future in concurrent.futures.as_completed(futures):
+      if future.exception() is not None:
+        failures.append(str(future.exception()))
+        print(f"[study] {future.exception()}", file=sys.stderr, flush=True)
+  with lock:
+    publish()
+  for group, text in tables(rows, results, header).items():
+    print(f"\n## {group}\n{text}", flush=True)
+  if failures:
+    print(f"error: {len(failures)} of {len(cells)} runs failed", file=sys.stderr)
+    return 1
   return 0
 
 
