@@ -116,9 +116,11 @@ def peak_memory_mb() -> float:
 
 
 def flops_per_step(run_fn, state, pool, data) -> float:
-  """FLOPs of ONE step from XLA's cost analysis (the scan's while loop would be
-  counted once whatever its trip count, so the single step is analysed)."""
-  cost = run_fn.jitted_step.lower(state, pool, data).compile().cost_analysis()
+  """FLOPs of ONE step from XLA's cost analysis of the lowered (not yet compiled)
+  step: the same count on every backend (after compilation, GPU convolutions
+  become cuDNN calls that the analysis does not count), and no extra compile.
+  The single step is analysed: a scan's loop body would be counted once."""
+  cost = run_fn.jitted_step.lower(state, pool, data).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", 0.0))
 
@@ -130,7 +132,11 @@ def run(workload: Workload, steps_per_call: int, repeats: int, use_scan: bool,
                           use_scan=use_scan, unroll=unroll, **overrides)
   state, pool, data, step_fn = setup(workload, config)
   run_fn = distill.make_run_steps(step_fn, config, steps_per_call)
-  flops = flops_per_step(run_fn, state, pool, data)
+  # lax.map bodies are counted once: count the same math unchunked.
+  unchunked = distill_config(workload, steps_per_call=steps_per_call, use_scan=use_scan,
+                             **dict(overrides, real_chunk=0, freq_chunk=None))
+  _, _, _, plain_step = setup(workload, unchunked)
+  flops = flops_per_step(distill.make_run_steps(plain_step, unchunked, 1), state, pool, data)
 
   start = time.perf_counter()
   state, metrics = run_fn(state, pool, data)  # warm-up: compiles the run function

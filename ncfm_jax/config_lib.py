@@ -103,6 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.distill.psi_variant = "mixture"  # mixture | release
   config.distill.num_freqs = 4096
   config.distill.freq_chunk = ml_collections.FieldReference(None, field_type=int)
+  # Real images per class in one forward pass (0: all batch_real at once; None:
+  # cache-sized chunks on CPU, all at once on GPU/TPU). Also bounds the real
+  # forward's activation memory (batch_real must be a multiple of it).
+  config.distill.real_chunk = ml_collections.FieldReference(None, field_type=int)
   config.distill.alpha = 0.5
   config.distill.beta = 0.5
   config.distill.loss_scale = 300.0  # (release) per-class multiplier

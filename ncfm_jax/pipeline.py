@@ -56,6 +56,9 @@ def validate_config(config) -> None:
   if distill_lib.uses_psi(d) and d.num_freqs % 16:
     raise ValueError(
         f"distill.num_freqs={d.num_freqs} must be a multiple of 16 with sampler=psi")
+  if d.real_chunk and (d.real_chunk < 0 or d.batch_real % d.real_chunk):
+    raise ValueError(f"distill.real_chunk={d.real_chunk} must divide "
+                     f"distill.batch_real={d.batch_real}")
   if d.num_freqs < 1 or d.batch_real < 1 or d.steps < 0:
     raise ValueError("distill.num_freqs and distill.batch_real must be >= 1, steps >= 0")
   if config.pretrain.num_models < 1:
