@@ -1,0 +1,107 @@
+"""The accuracy-study driver: which runs it plans, how it tabulates them.
+
+The CLI runs themselves are replaced by a fake that writes what the CLI would
+(tests/test_pipeline.py runs the real CLI).
+"""
+
+import json
+import os
+
+import pytest
+
+from ncfm_jax import study
+
+DEFAULTS = study.load_config("configs/fashion_mnist.py:gpu").distill.to_dict()
+
+
+def test_plan_merges_cells_that_distil_the_same_thing():
+  cells, rows = study.plan(study.GROUPS, [1, 10, 50], DEFAULTS)
+  names = [c.name for c in cells]
+  assert len(names) == len(set(names)) == 9 + 4 + 4  # alpha 0.5 and F 4096 are ipc10_ncfm
+  by_name = {c.name: c for c in cells}
+  assert {l: n for l, n, _ in rows["alpha"]}["alpha 0.5, beta 0.5"] == "ipc10_ncfm"
+  assert dict((label, name) for label, name, _ in rows["freqs"])["F 4096"] == "ipc10_ncfm"
+  assert by_name["ipc10_ncfm"].archs == study.ARCHS  # cross-architecture on that cell
+  assert [c.name for c in cells if c.baselines] == ["ipc10_ncfm", "ipc50_ncfm", "ipc1_ncfm"]
+  assert by_name["ipc50_dm"].flags() == [
+      "--config.distill.ipc=50", "--config.distill.loss=mmd",
+      "--config.eval.archs=convnet", "--config.eval.baselines=False"]
+
+
+def test_plan_of_a_cpu_preset_merges_its_own_default_frequencies():
+  quick = study.load_config("configs/fashion_mnist.py:quick").distill.to_dict()
+  _, rows = study.plan(["methods", "freqs"], [10], quick)
+  freqs = {label: name for label, name, _ in rows["freqs"]}
+  assert freqs["F 1024"] == "ipc10_ncfm"  # quick's default F
+  assert freqs["F 4096"] == "ipc10_freqs4096"
+
+
+def test_with_ipc_appends_to_the_config_argument():
+  assert study.with_ipc("configs/fashion_mnist.py", 50) == "configs/fashion_mnist.py:ipc=50"
+  assert study.with_ipc("configs/fashion_mnist.py:gpu", 1) == "configs/fashion_mnist.py:gpu,ipc=1"
+
+
+def _fake_cli(calls):
+  def run_cli(workdir, config, flags, env, log_path, mode="all"):
+    calls.append((os.path.basename(workdir), config, mode))
+    if mode == "pretrain":
+      os.makedirs(os.path.join(workdir, "pool"), exist_ok=True)
+      with open(os.path.join(workdir, "pool_accuracy.json"), "w") as f:
+        json.dump([88.0], f)
+      return
+    assert os.path.isdir(os.path.join(workdir, "pool")), "pool not copied"
+    accuracy = 80.0 + (10.0 if "--config.distill.loss=mmd" not in flags else 0.0)
+    metrics = {"eval": {"convnet": {"mean": accuracy, "std": 0.5, "runs": [accuracy] * 3}}}
+    if "--config.eval.baselines=True" in flags:
+      metrics["baseline_random_real"] = {"convnet": {"mean": 70.0, "std": 1.0,
+                                                     "runs": [70.0] * 3}}
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+      json.dump(metrics, f)
+  return run_cli
+
+
+def test_main_runs_each_cell_once_and_writes_tables(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(study, "run_cli", _fake_cli(calls))
+  out = tmp_path / "study"
+  code = study.main([f"--out={out}", "--config=configs/fashion_mnist.py:gpu",
+                     "--group=methods,alpha", "--ipcs=10", "--parallel=2",
+                     "--config.data.data_dir=/somewhere"])
+  assert code == 0
+  assert calls[0] == ("pool", "configs/fashion_mnist.py:gpu", "pretrain")
+  ran = sorted(name for name, _, _ in calls[1:])
+  assert ran == sorted(["ipc10_dm", "ipc10_ncfm_nopsi", "ipc10_ncfm", "ipc10_alpha0.001",
+                        "ipc10_alpha0.1", "ipc10_alpha0.9", "ipc10_alpha0.999"])
+  assert all(config == "configs/fashion_mnist.py:gpu,ipc=10" for _, config, _ in calls[1:])
+  results = json.loads((out / "results.json").read_text())
+  assert set(results) == set(ran)
+  methods = (out / "methods.md").read_text()
+  assert "| 10 | random real | 70.0 +- 1.0 (n=3) |" in methods
+  assert "| 10 | DM (mmd) | 80.0 +- 0.5 (n=3) |" in methods
+  assert "| 10 | NCFM | 90.0 +- 0.5 (n=3) |" in methods
+  assert "--config.data.data_dir=/somewhere" in methods  # the header names the budget
+  assert "| alpha 0.5, beta 0.5 | 90.0 +- 0.5 (n=3) |" in (out / "alpha.md").read_text()
+
+
+def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, monkeypatch):
+  calls = []
+  fake = _fake_cli(calls)
+
+  def failing(workdir, config, flags, env, log_path, mode="all"):
+    if os.path.basename(workdir) == "ipc10_dm":
+      raise RuntimeError("ipc10_dm failed (exit 2): error: boom")
+    fake(workdir, config, flags, env, log_path, mode)
+
+  monkeypatch.setattr(study, "run_cli", failing)
+  code = study.main([f"--out={tmp_path}", "--config=configs/fashion_mnist.py:gpu",
+                     "--group=methods", "--ipcs=10"])
+  assert code == 1
+  assert "| 10 | DM (mmd) | - |" in (tmp_path / "methods.md").read_text()
+  assert "| 10 | NCFM | 90.0 +- 0.5 (n=3) |" in (tmp_path / "methods.md").read_text()
+
+
+def test_unknown_group_is_refused(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    study.main(["--out=/tmp/unused", "--group=methods,typo"])
+  assert exit_info.value.code == 2
+  assert "unknown --group 'typo'" in capsys.readouterr().err
