@@ -31,14 +31,20 @@ else
   echo "[setup] $VENV is up to date"
 fi
 
+# Debian packages: the Fashion-MNIST IDX files, and tcmalloc (XLA:CPU steps run
+# ~25% faster with it; ncfm_jax/allocator.py). Missing ones are installed when
+# apt-get is available and we are root; otherwise say what to run.
+apt_missing=()
 FMNIST_DIR=/usr/share/datasets/fashion-mnist
-if [ ! -d "$FMNIST_DIR" ]; then
+[ -d "$FMNIST_DIR" ] || apt_missing+=(dataset-fashion-mnist)
+compgen -G "/usr/lib/*/libtcmalloc_minimal.so.4" >/dev/null || apt_missing+=(libtcmalloc-minimal4)
+if [ ${#apt_missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "[setup] installing Debian package dataset-fashion-mnist"
-    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
-      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }) \
-      || echo "[setup] WARNING: could not install dataset-fashion-mnist; tests that need it will be skipped"
+    echo "[setup] installing Debian packages: ${apt_missing[*]}"
+    (apt-get install -y -qq "${apt_missing[@]}" >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq "${apt_missing[@]}" >/dev/null; }) \
+      || echo "[setup] WARNING: could not install ${apt_missing[*]}; Fashion-MNIST tests are skipped without the data, CPU runs are slower without tcmalloc"
   else
-    echo "[setup] NOTE: $FMNIST_DIR missing and apt-get unavailable (or not root): run 'sudo apt-get install dataset-fashion-mnist'"
+    echo "[setup] NOTE: missing ${apt_missing[*]} and apt-get unavailable (or not root): run 'sudo apt-get install ${apt_missing[*]}'"
   fi
 fi

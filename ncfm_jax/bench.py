@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ncfm_jax import allocator
 from ncfm_jax import ncfd as ncfd_lib
 
 _ROW_MARKER = "BENCH_ROW "
@@ -107,6 +108,7 @@ def _environment() -> dict[str, Any]:
       "cpu_count": os.cpu_count(),
       "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
       "python": platform.python_version(),
+      "allocator": allocator.describe(),
       "date": datetime.datetime.now(datetime.timezone.utc).strftime(
           "%Y-%m-%d %H:%M UTC"
       ),
@@ -143,7 +145,8 @@ def _markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> s
 def _run_isolated(argv: Sequence[str]) -> dict[str, Any]:
   """Runs ``python -m ncfm_jax.bench *argv`` and returns its marked JSON row."""
   command = [sys.executable, "-m", "ncfm_jax.bench", *argv]
-  done = subprocess.run(command, capture_output=True, text=True, check=False)
+  done = subprocess.run(command, capture_output=True, text=True, check=False,
+                        env=allocator.with_tcmalloc(os.environ))
   for line in done.stdout.splitlines():
     if line.startswith(_ROW_MARKER):
       return json.loads(line[len(_ROW_MARKER) :])

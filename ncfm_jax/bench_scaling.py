@@ -95,7 +95,7 @@ def _measure_distill(num_devices: int, workload_name: str, layouts: Sequence[str
   """Rows for every layout on the first `num_devices` devices of this process."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from ncfm_jax import bench_step, distill, sharding  # pylint: disable=g-import-not-at-top
+  from ncfm_jax import allocator, bench_step, distill, sharding  # pylint: disable=g-import-not-at-top
 
   devices = jax.devices()
   if len(devices) < num_devices:
@@ -127,7 +127,8 @@ def _measure_distill(num_devices: int, workload_name: str, layouts: Sequence[str
   return [{"devices": num_devices, "layout": layout, "workload": workload.name,
            "global_batch_real": workload.batch_real, "classes": workload.classes,
            "width": workload.width, "use_scan": distill.resolve_use_scan(use_scan),
-           "device_kind": devices[0].device_kind, **timing}
+           "device_kind": devices[0].device_kind, "allocator": allocator.describe(),
+           **timing}
           for layout, timing in timings.items()]
 
 
@@ -137,7 +138,7 @@ def _measure_train(num_devices: int, batch_size: int, num_examples: int, steps: 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from ncfm_jax import config_lib, models, sharding  # pylint: disable=g-import-not-at-top
+  from ncfm_jax import allocator, config_lib, models, sharding  # pylint: disable=g-import-not-at-top
   from ncfm_jax import train as train_lib  # pylint: disable=g-import-not-at-top
 
   cfg = config_lib.base_config().eval
@@ -238,7 +239,7 @@ def _measure_train(num_devices: int, batch_size: int, num_examples: int, steps: 
                  "first_call_seconds": first[name]})
   for row in rows:
     row.update(devices=num_devices, batch_size=batch_size, width=width, depth=depth,
-               steps_per_call=steps)
+               steps_per_call=steps, allocator=allocator.describe())
   return rows
 
 
@@ -253,7 +254,8 @@ def _environment() -> dict[str, Any]:
 
 
 def _child(argv: Sequence[str], num_devices: int, backend: str) -> list[dict[str, Any]]:
-  env = dict(os.environ)
+  from ncfm_jax import allocator  # pylint: disable=g-import-not-at-top
+  env = allocator.with_tcmalloc(os.environ)
   if backend == "cpu":
     env["JAX_PLATFORMS"] = "cpu"
     flags = [f for f in env.get("XLA_FLAGS", "").split()

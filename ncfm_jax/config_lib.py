@@ -107,6 +107,10 @@ def base_config() -> ml_collections.ConfigDict:
   # cache-sized chunks on CPU, all at once on GPU/TPU). Also bounds the real
   # forward's activation memory (batch_real must be a multiple of it).
   config.distill.real_chunk = ml_collections.FieldReference(None, field_type=int)
+  # Decoded synthetic images per class in one (unrolled) forward/backward pass (0:
+  # all at once; None: cache-sized passes on CPU, all at once on GPU/TPU); must
+  # divide ipc * factor^2.
+  config.distill.syn_chunk = ml_collections.FieldReference(None, field_type=int)
   config.distill.alpha = 0.5
   config.distill.beta = 0.5
   config.distill.loss_scale = 300.0  # (release) per-class multiplier

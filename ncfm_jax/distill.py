@@ -133,6 +133,26 @@ def resolve_real_chunk(real_chunk: int | None, batch_real: int, num_classes: int
   return max(fits, default=1)
 
 
+def resolve_syn_chunk(syn_chunk: int | None, images_per_class: int, num_classes: int,
+                      max_passes: int = 8) -> int:
+  """Decoded synthetic images per class in one forward/backward pass; 0 means all.
+
+  The passes are unrolled (a `lax.map` made the backward pass slower than one big
+  batch on XLA:CPU), so there are at most `max_passes` of them. None picks: on CPU
+  the largest divisor of `images_per_class` with at most 128 images per pass
+  (cifar10_ipc10's 400 images: 4 passes of 100), else the smallest divisor within
+  `max_passes` passes; on GPU/TPU all at once.
+  """
+  if syn_chunk is not None:
+    return int(syn_chunk)
+  if jax.default_backend() != "cpu":
+    return 0
+  divisors = [c for c in range(1, images_per_class + 1)
+              if images_per_class % c == 0 and images_per_class // c <= max_passes]
+  cached = [c for c in divisors if c * num_classes <= 128]
+  return max(cached) if cached else min(divisors)
+
+
 def make_distill_step(model, distill_config, mean, std, feature_dim: int):
   """Returns `distill_step(state, pool, real_batch) -> (state, metrics)`.
 
@@ -183,7 +203,12 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
         syn_images.reshape((classes * ipc,) + syn_images.shape[2:]), factor)
     decoded = decoded.reshape((classes, ipc * factor**2) + decoded.shape[1:])
     syn = augment_per_class(k_aug, normalize(decoded, mean, std))
-    syn_feats, _ = embed(blended, syn)
+    chunk = resolve_syn_chunk(cfg.get("syn_chunk"), syn.shape[1], classes)
+    if 0 < chunk < syn.shape[1]:  # cache-sized passes, unrolled; see resolve_syn_chunk
+      passes = [syn[:, i:i + chunk] for i in range(0, syn.shape[1], chunk)]
+    else:
+      passes = [syn]
+    syn_feats = jnp.concatenate([embed(blended, part)[0] for part in passes], axis=1)
     if cfg.loss == "ncfd":
       t = frequencies(psi_params, psi_stats, k_freq)
       per_class = ncfd_lib.class_ncfd(real_feats, syn_feats, t, cfg.alpha, cfg.beta,
@@ -195,7 +220,7 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
     match = cfg.loss_scale * jnp.sum(per_class)
     calibration = jnp.zeros(())
     if cfg.calibration_weight:
-      _, logits = embed(trained, syn)
+      logits = jnp.concatenate([embed(trained, part)[1] for part in passes], axis=1)
       labels = jnp.broadcast_to(jnp.arange(classes)[:, None], logits.shape[:2])
       # Per-class mean cross-entropy summed over classes, like the match loss.
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)

@@ -12,6 +12,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from ncfm_jax import allocator
 from ncfm_jax import distributed
 from ncfm_jax import pipeline
 from ncfm_jax import workdir as wd
@@ -27,6 +28,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # XLA:CPU steps run ~25% faster with tcmalloc (allocator.py); it must be
+  # preloaded at process start, so this re-executes once (NCFM_TCMALLOC=0: off).
+  allocator.reexec_with_tcmalloc()
   # Orbax logs every save at INFO; our own progress lines are printed instead.
   logging.set_verbosity(logging.WARNING)
   try:

@@ -59,6 +59,9 @@ def validate_config(config) -> None:
   if d.real_chunk and (d.real_chunk < 0 or d.batch_real % d.real_chunk):
     raise ValueError(f"distill.real_chunk={d.real_chunk} must divide "
                      f"distill.batch_real={d.batch_real}")
+  if d.syn_chunk and (d.syn_chunk < 0 or (d.ipc * d.factor**2) % d.syn_chunk):
+    raise ValueError(f"distill.syn_chunk={d.syn_chunk} must divide ipc * factor^2 "
+                     f"= {d.ipc * d.factor**2}")
   if d.num_freqs < 1 or d.batch_real < 1 or d.steps < 0:
     raise ValueError("distill.num_freqs and distill.batch_real must be >= 1, steps >= 0")
   if config.pretrain.num_models < 1:

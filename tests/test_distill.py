@@ -98,13 +98,23 @@ def test_scan_and_python_loop_agree():
   np.testing.assert_allclose(s_scan.syn_images, s_loop.syn_images, atol=1e-5)
 
 
-@pytest.mark.parametrize("chunk", [1, 4])
-def test_chunked_real_forward_matches_one_batch(chunk):
-  _, state, pool, data, step = _setup()
-  _, _, _, _, chunked_step = _setup(real_chunk=chunk)
+@pytest.mark.parametrize("chunks", [dict(real_chunk=1), dict(real_chunk=4),
+                                    dict(syn_chunk=2)])
+def test_chunked_forward_passes_match_one_batch(chunks):
+  _, state, pool, data, step = _setup(real_chunk=0, syn_chunk=0)
+  _, _, _, _, chunked_step = _setup(**chunks)
   batch = sampling.sample_class_batches(jax.random.PRNGKey(3), data, 8)
   reference, reference_metrics = jax.jit(step)(state, pool, batch)
   _, state, _, _, _ = _setup()  # the step donates nothing here, but start afresh
   chunked, chunked_metrics = jax.jit(chunked_step)(state, pool, batch)
   np.testing.assert_allclose(chunked_metrics["loss"], reference_metrics["loss"], rtol=1e-5)
   np.testing.assert_allclose(chunked.syn_images, reference.syn_images, atol=1e-6)
+
+
+def test_syn_chunk_defaults():
+  # explicit values pass through; on CPU: <= 128 images per pass, <= 8 passes.
+  assert distill.resolve_syn_chunk(5, 40, 10) == 5
+  if jax.default_backend() == "cpu":
+    assert distill.resolve_syn_chunk(None, 40, 10) == 10  # cifar10 ipc 10: 4 x 100
+    assert distill.resolve_syn_chunk(None, 8, 3) == 8  # small: one pass
+    assert distill.resolve_syn_chunk(None, 200, 100) == 25  # cifar100 ipc 50: 8 passes
