@@ -132,9 +132,11 @@ def run(workload: Workload, steps_per_call: int, repeats: int, use_scan: bool,
                           use_scan=use_scan, unroll=unroll, **overrides)
   state, pool, data, step_fn = setup(workload, config)
   run_fn = distill.make_run_steps(step_fn, config, steps_per_call)
-  # lax.map bodies are counted once: count the same math unchunked.
+  # lax.map bodies are counted once: count the same math unchunked (and without
+  # remat_syn's recomputation, which is not useful work).
   unchunked = distill_config(workload, steps_per_call=steps_per_call, use_scan=use_scan,
-                             **dict(overrides, real_chunk=0, freq_chunk=None))
+                             **dict(overrides, real_chunk=0, syn_chunk=0, freq_chunk=None,
+                                    remat_syn=False))
   _, _, _, plain_step = setup(workload, unchunked)
   flops = flops_per_step(distill.make_run_steps(plain_step, unchunked, 1), state, pool, data)
 

@@ -116,41 +116,49 @@ def _member(pool: Pool, key: jax.Array):
   return blended, trained
 
 
-def resolve_real_chunk(real_chunk: int | None, batch_real: int, num_classes: int) -> int:
-  """Real images per class in one forward pass; 0 means all at once.
+CPU_PASS_PIXELS = 128 * 32 * 32
+"""Pixels per forward pass on CPU: 128 CIFAR-sized images, a cache-sized pass
+(cifar10_ipc10 measured 6.7 -> 5.2 s/step with the real forward in such passes)."""
 
-  None picks: on CPU the largest divisor of `batch_real` with at most 128 images
-  per pass (cache-sized activations: cifar10_ipc10 measured 6.7 -> 5.2 s/step on
-  2 cores, README "Step benchmark"); on GPU/TPU all at once (set it there to
-  bound memory: one pass over 100 classes x 256 images peaked at 53 GB).
+
+def _cpu_pass(per_class: int, num_classes: int, image_pixels: int, max_passes: int) -> int:
+  """Largest divisor c of `per_class` whose pass (c images of every class) holds at
+  most CPU_PASS_PIXELS, else the smallest divisor; at most `max_passes` passes."""
+  divisors = [c for c in range(1, per_class + 1)
+              if per_class % c == 0 and per_class // c <= max_passes]
+  fits = [c for c in divisors if c * num_classes * image_pixels <= CPU_PASS_PIXELS]
+  return max(fits) if fits else min(divisors)
+
+
+def resolve_real_chunk(real_chunk: int | None, batch_real: int, num_classes: int,
+                       image_pixels: int) -> int:
+  """Real images per class in one forward pass (`lax.map` over passes); 0: all at once.
+
+  None picks cache-sized passes on CPU (`CPU_PASS_PIXELS`) and all at once on
+  GPU/TPU (set it there to bound memory: one pass over 100 classes x 256 images
+  peaked at 53 GB).
   """
   if real_chunk is not None:
     return int(real_chunk)
   if jax.default_backend() != "cpu":
     return 0
-  fits = [c for c in range(1, batch_real + 1)
-          if batch_real % c == 0 and c * num_classes <= 128]
-  return max(fits, default=1)
+  return _cpu_pass(batch_real, num_classes, image_pixels, max_passes=batch_real)
 
 
 def resolve_syn_chunk(syn_chunk: int | None, images_per_class: int, num_classes: int,
-                      max_passes: int = 8) -> int:
-  """Decoded synthetic images per class in one forward/backward pass; 0 means all.
+                      image_pixels: int, max_passes: int = 8) -> int:
+  """Decoded synthetic images per class in one forward/backward pass; 0: all at once.
 
-  The passes are unrolled (a `lax.map` made the backward pass slower than one big
-  batch on XLA:CPU), so there are at most `max_passes` of them. None picks: on CPU
-  the largest divisor of `images_per_class` with at most 128 images per pass
-  (cifar10_ipc10's 400 images: 4 passes of 100), else the smallest divisor within
-  `max_passes` passes; on GPU/TPU all at once.
+  Unrolled passes (a `lax.map` made the backward pass slower than one big batch on
+  XLA:CPU) are at most `max_passes`; `distill.remat_syn` loops over them and lifts
+  the cap. None picks cache-sized passes on CPU (cifar10_ipc10's 400 images: 4
+  passes of 100) and all at once on GPU/TPU.
   """
   if syn_chunk is not None:
     return int(syn_chunk)
   if jax.default_backend() != "cpu":
     return 0
-  divisors = [c for c in range(1, images_per_class + 1)
-              if images_per_class % c == 0 and images_per_class // c <= max_passes]
-  cached = [c for c in divisors if c * num_classes <= 128]
-  return max(cached) if cached else min(divisors)
+  return _cpu_pass(images_per_class, num_classes, image_pixels, max_passes)
 
 
 def make_distill_step(model, distill_config, mean, std, feature_dim: int):
@@ -189,6 +197,35 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
     return jax.vmap(lambda k, x: augment_lib.augment(k, x, strategy, per_sample=False))(
         keys, images)
 
+  def embed_synthetic(blended, trained, syn):
+    """`[C, M, H, W, Ch]` -> (blended features `[C, M, D]`, trained logits `[C, M, K]`
+    or None without calibration), in `resolve_syn_chunk` passes along M.
+
+    The passes are unrolled (fastest on XLA:CPU, but XLA keeps every pass's
+    activations for the backward pass), or with `distill.remat_syn` run one
+    after another in `lax.map` and recomputed in the backward pass: the
+    activation memory of one pass (imagenette_ipc10 at batch_real 64 on CPU:
+    20 GB of temporaries unrolled).
+    """
+    def one_pass(part):
+      feats = embed(blended, part)[0]
+      return feats, (embed(trained, part)[1] if cfg.calibration_weight else None)
+    per_class = syn.shape[1]
+    remat = bool(cfg.get("remat_syn"))
+    chunk = resolve_syn_chunk(cfg.get("syn_chunk"), per_class, syn.shape[0],
+                              syn.shape[2] * syn.shape[3],
+                              max_passes=per_class if remat else 8)
+    chunk = chunk if 0 < chunk < per_class else per_class
+    if remat:
+      parts = jnp.moveaxis(syn.reshape((syn.shape[0], per_class // chunk, chunk)
+                                       + syn.shape[2:]), 1, 0)  # [P, C, chunk, ...]
+      outs = jax.lax.map(jax.checkpoint(one_pass), parts)
+      return jax.tree.map(
+          lambda x: jnp.moveaxis(x, 0, 1).reshape((syn.shape[0], per_class) + x.shape[3:]),
+          outs)
+    outs = [one_pass(syn[:, i:i + chunk]) for i in range(0, per_class, chunk)]
+    return jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=1), *outs)
+
   def frequencies(psi_params, psi_stats, key):
     if with_psi:
       return sampler_lib.sample(psi_params, psi_stats, key,
@@ -203,12 +240,7 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
         syn_images.reshape((classes * ipc,) + syn_images.shape[2:]), factor)
     decoded = decoded.reshape((classes, ipc * factor**2) + decoded.shape[1:])
     syn = augment_per_class(k_aug, normalize(decoded, mean, std))
-    chunk = resolve_syn_chunk(cfg.get("syn_chunk"), syn.shape[1], classes)
-    if 0 < chunk < syn.shape[1]:  # cache-sized passes, unrolled; see resolve_syn_chunk
-      passes = [syn[:, i:i + chunk] for i in range(0, syn.shape[1], chunk)]
-    else:
-      passes = [syn]
-    syn_feats = jnp.concatenate([embed(blended, part)[0] for part in passes], axis=1)
+    syn_feats, logits = embed_synthetic(blended, trained, syn)
     if cfg.loss == "ncfd":
       t = frequencies(psi_params, psi_stats, k_freq)
       per_class = ncfd_lib.class_ncfd(real_feats, syn_feats, t, cfg.alpha, cfg.beta,
@@ -220,7 +252,6 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
     match = cfg.loss_scale * jnp.sum(per_class)
     calibration = jnp.zeros(())
     if cfg.calibration_weight:
-      logits = jnp.concatenate([embed(trained, part)[1] for part in passes], axis=1)
       labels = jnp.broadcast_to(jnp.arange(classes)[:, None], logits.shape[:2])
       # Per-class mean cross-entropy summed over classes, like the match loss.
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -236,7 +267,8 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
     real = augment_per_class(aug_keys, normalize(real_batch, mean, std))
     # Flattened B-major, so a real batch split along B (sharding.py) stays split
     # through the forward pass instead of being all-gathered.
-    chunk = resolve_real_chunk(cfg.get("real_chunk"), real_batch.shape[1], real_batch.shape[0])
+    chunk = resolve_real_chunk(cfg.get("real_chunk"), real_batch.shape[1], real_batch.shape[0],
+                               real_batch.shape[2] * real_batch.shape[3])
     real_feats = embed_in_chunks(blended, jnp.swapaxes(real, 0, 1), chunk)
     real_feats = jnp.swapaxes(real_feats, 0, 1)
     return (jax.lax.stop_gradient(real_feats), blended, trained, (aug_keys, k_freq))

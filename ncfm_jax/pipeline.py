@@ -91,6 +91,11 @@ class Run:
     self.mean, self.std = self.dataset.mean, self.dataset.std
     self.model = self.make_model(config.model.name)
     self.key = jax.random.PRNGKey(config.seed)
+    # Several devices: every phase runs data parallel over all of them.
+    self.mesh = sharding.make_mesh() if jax.device_count() > 1 else None
+    if self.mesh is not None:
+      print(f"[devices] {distributed.describe()}; data parallel over {self.mesh.size} "
+            f"devices", flush=True)
 
   def make_model(self, name: str):
     m = self.config.model
@@ -133,7 +138,7 @@ class Run:
       trained = train_lib.train_classifier(
           jax.random.fold_in(key, 1), self.model, images, targets, cfg,
           num_steps=steps, mean=self.mean, std=self.std, init_variables_=init,
-          desc=f"pretrain {member + 1}/{cfg.num_models}")
+          desc=f"pretrain {member + 1}/{cfg.num_models}", mesh=self.mesh)
       acc = train_lib.accuracy(self.model, trained, self.dataset.test_images,
                                self.dataset.test_labels, self.mean, self.std)
       manager.save(member, args=ocp.args.StandardSave({"init": init, "trained": trained}))
@@ -215,10 +220,9 @@ class Run:
     latest = manager.latest_step()
     if latest is not None:
       abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-      if jax.device_count() > 1:  # restore straight onto this run's mesh
-        mesh_now = sharding.make_mesh()
+      if self.mesh is not None:  # restore straight onto this run's mesh
         abstract = sharding.abstract_arrays(
-            state, sharding.state_shardings(state, mesh_now, d.class_sharded))
+            state, sharding.state_shardings(state, self.mesh, d.class_sharded))
       try:
         state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
       except Exception as err:  # orbax raises several types for bad files
@@ -238,10 +242,9 @@ class Run:
     step_fn = distill_lib.make_distill_step(self.model, d, self.mean, self.std, feature_dim)
     per_call = max(1, int(d.steps_per_call))
     run_fns = {}
-    mesh = sharding.make_mesh() if jax.device_count() > 1 else None
+    mesh = self.mesh
     if mesh is not None:  # data parallel over every device (README "many devices")
-      print(f"[distill] {distributed.describe()}; real batch split over "
-            f"{mesh.size} devices", flush=True)
+      print(f"[distill] real batch split over {mesh.size} devices", flush=True)
       state = sharding.shard_state(state, mesh, d.class_sharded)
       pool = sharding.replicate(pool, mesh)
       class_data = sharding.replicate(class_data, mesh) if on_device else None
@@ -344,7 +347,7 @@ class Run:
         variables = train_lib.train_classifier(
             key, model, jnp.asarray(images), self.onehot(labels), cfg,
             num_steps=num_steps, mean=self.mean, std=self.std, teacher=teacher,
-            desc=f"eval {source} {arch} {repeat + 1}/{cfg.num_eval}")
+            desc=f"eval {source} {arch} {repeat + 1}/{cfg.num_eval}", mesh=self.mesh)
         acc = train_lib.accuracy(model, variables, self.dataset.test_images,
                                  self.dataset.test_labels, self.mean, self.std)
         runs.append(acc)
@@ -358,6 +361,8 @@ class Run:
     """Soft-label teacher: the first trained pool member (inference mode)."""
     pool = self.load_pool()
     trained = jax.tree.map(lambda x: x[0], pool.trained_variables)
+    if self.mesh is not None:  # used inside the data-parallel training step
+      trained = sharding.replicate(sharding.to_host(trained), self.mesh)
     return train_lib.make_logits_fn(self.model, trained, self.mean, self.std)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from ncfm_jax import augment as augment_lib
+from ncfm_jax import sharding
 from ncfm_jax.progress import Progress
 
 
@@ -72,13 +73,20 @@ def _apply_train(model, params, batch_stats, images):
 
 
 def make_train_chunk(model, tx, train_config, mean, std,
-                     teacher: Callable[[jax.Array], jax.Array] | None = None):
+                     teacher: Callable[[jax.Array], jax.Array] | None = None,
+                     mesh=None):
   """Builds `chunk(state, images, targets, batch_idx [S, B], keys [S]) -> (state, losses [S])`.
 
   `images` uint8 or float in [0, 1] `[N, H, W, C]`, `targets` `[N, K]` (one-hot
   or soft). `teacher(normalised images) -> logits`, when given, replaces the
   targets by its softmax at `train_config.soft_label_temperature` on the very
   batch the student sees (after augmentation and CutMix).
+
+  With a `mesh` the steps are data parallel (`sharding.data_parallel_train_chunk`):
+  `batch_idx` split along B over the devices, everything else replicated; the
+  gradient and batch-norm means over B become all-reduces, so a step is the
+  single-device step. The state, images, targets and keys must be placed with
+  `sharding.replicate` (`train_classifier` does); host `batch_idx` are split here.
   """
   strategy = train_config.augment
   temperature = float(train_config.get("soft_label_temperature", 1.0))
@@ -103,19 +111,32 @@ def make_train_chunk(model, tx, train_config, mean, std,
     params = optax.apply_updates(state.params, updates)
     return TrainState(state.step + 1, params, new_stats, opt_state), loss
 
+  def place(batch_idx, axis):
+    """Host batch indices, split along B over the mesh (as they are without one)."""
+    if mesh is None:
+      return batch_idx
+    return sharding.shard_batch_axis(np.asarray(batch_idx), mesh, axis)
+
+  def compile_(fn, batch_axis):
+    if mesh is None:
+      return jax.jit(fn, donate_argnums=(0,))
+    return sharding.data_parallel_train_chunk(fn, mesh, batch_axis=batch_axis)
+
   if resolve_use_scan(train_config.get("use_scan", None)):
     def chunk(state, images, targets, batch_idx, keys):
       def body(carry, xs):
         return step(carry, images, targets, *xs)
       return jax.lax.scan(body, state, (batch_idx, keys))
-    return jax.jit(chunk, donate_argnums=(0,))
+    jitted_chunk = compile_(chunk, batch_axis=1)
+    return lambda state, images, targets, batch_idx, keys: jitted_chunk(
+        state, images, targets, place(batch_idx, 1), keys)
 
-  jitted_step = jax.jit(step, donate_argnums=(0,))
+  jitted_step = compile_(step, batch_axis=0)
 
   def loop(state, images, targets, batch_idx, keys):
     losses = []
     for idx, key in zip(batch_idx, keys):
-      state, loss = jitted_step(state, images, targets, idx, key)
+      state, loss = jitted_step(state, images, targets, place(idx, 0), key)
       losses.append(loss)
     return state, jnp.stack(losses)
   return loop
@@ -144,7 +165,7 @@ def epoch_batches(rng: np.random.Generator, num_examples: int, batch_size: int,
 def train_classifier(key: jax.Array, model, images, targets, train_config, *,
                      num_steps: int, mean, std, teacher=None,
                      desc: str = "train", init_variables_=None,
-                     log_every_seconds: float = 10.0):
+                     log_every_seconds: float = 10.0, mesh=None):
   """Trains `model` from scratch on (`images`, `targets`); returns Flax variables.
 
   Args:
@@ -156,6 +177,9 @@ def train_classifier(key: jax.Array, model, images, targets, train_config, *,
       batch_size, augment, cutmix_prob, cutmix_beta, steps_per_call.
     num_steps: optimizer steps.
     init_variables_: start from these variables instead of a fresh init.
+    mesh: train data parallel over this mesh's devices (see `make_train_chunk`)
+      when the batch divides over them; the variables come back as host numpy
+      arrays then (identical on every process).
   """
   images = jnp.asarray(images)
   targets = jnp.asarray(targets, jnp.float32)
@@ -169,26 +193,31 @@ def train_classifier(key: jax.Array, model, images, targets, train_config, *,
   params = variables["params"]
   state = TrainState(jnp.zeros((), jnp.int32), params,
                      variables.get("batch_stats", {}), tx.init(params))
-  chunk_fn = make_train_chunk(model, tx, train_config, mean, std, teacher)
-
   order_seed = int(jax.random.randint(k_order, (), 0, 2**31 - 1))
   batch_idx = epoch_batches(np.random.default_rng(order_seed), images.shape[0],
                             train_config.batch_size, num_steps)
   step_keys = jax.random.split(k_steps, num_steps)
+  if mesh is not None and batch_idx.shape[1] % mesh.size:
+    mesh = None  # e.g. a 10-image synthetic set on 4 devices: not worth splitting
+  if mesh is not None:
+    state, images, targets, step_keys = sharding.replicate(
+        (state, images, targets, step_keys), mesh)
+  else:
+    batch_idx = jnp.asarray(batch_idx)
+  chunk_fn = make_train_chunk(model, tx, train_config, mean, std, teacher, mesh)
   per_call = max(1, int(train_config.steps_per_call))
   progress = Progress(desc, num_steps, every_seconds=log_every_seconds)
   done = 0
   while done < num_steps:
     n = min(per_call, num_steps - done)
-    state, losses = chunk_fn(state, images, targets,
-                             jnp.asarray(batch_idx[done:done + n]),
+    state, losses = chunk_fn(state, images, targets, batch_idx[done:done + n],
                              step_keys[done:done + n])
     done += n
     progress.update(done, loss=float(losses[-1]))
   out = {"params": state.params}
   if state.batch_stats:
     out["batch_stats"] = state.batch_stats
-  return out
+  return sharding.to_host(out) if mesh is not None else out
 
 
 def make_logits_fn(model, variables, mean, std):

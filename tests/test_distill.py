@@ -99,7 +99,7 @@ def test_scan_and_python_loop_agree():
 
 
 @pytest.mark.parametrize("chunks", [dict(real_chunk=1), dict(real_chunk=4),
-                                    dict(syn_chunk=2)])
+                                    dict(syn_chunk=2, remat_syn=True)])
 def test_chunked_forward_passes_match_one_batch(chunks):
   _, state, pool, data, step = _setup(real_chunk=0, syn_chunk=0)
   _, _, _, _, chunked_step = _setup(**chunks)
@@ -111,10 +111,15 @@ def test_chunked_forward_passes_match_one_batch(chunks):
   np.testing.assert_allclose(chunked.syn_images, reference.syn_images, atol=1e-6)
 
 
-def test_syn_chunk_defaults():
-  # explicit values pass through; on CPU: <= 128 images per pass, <= 8 passes.
-  assert distill.resolve_syn_chunk(5, 40, 10) == 5
+def test_pass_size_defaults():
+  # Explicit values pass through; on CPU about 128 CIFAR-sized images per pass.
+  assert distill.resolve_syn_chunk(5, 40, 10, 1024) == 5
+  assert distill.resolve_real_chunk(4, 256, 10, 1024) == 4
   if jax.default_backend() == "cpu":
-    assert distill.resolve_syn_chunk(None, 40, 10) == 10  # cifar10 ipc 10: 4 x 100
-    assert distill.resolve_syn_chunk(None, 8, 3) == 8  # small: one pass
-    assert distill.resolve_syn_chunk(None, 200, 100) == 25  # cifar100 ipc 50: 8 passes
+    assert distill.resolve_syn_chunk(None, 40, 10, 32 * 32) == 10  # cifar10 ipc 10: 4 x 100
+    assert distill.resolve_syn_chunk(None, 8, 3, 16 * 16) == 8  # tiny: one pass
+    # cifar100 ipc 50: at most 8 unrolled passes, or 200 of 100 images in a loop.
+    assert distill.resolve_syn_chunk(None, 200, 100, 1024) == 25
+    assert distill.resolve_syn_chunk(None, 200, 100, 1024, max_passes=200) == 1
+    assert distill.resolve_real_chunk(None, 256, 10, 32 * 32) == 8
+    assert distill.resolve_real_chunk(None, 128, 10, 128 * 128) == 1  # imagenette

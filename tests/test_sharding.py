@@ -1,4 +1,5 @@
-"""The sharded distillation step equals the single-device one (4 forced CPU devices).
+"""On 4 forced CPU devices: the sharded distillation step equals the single-device
+one, and data-parallel classifier training equals single-device training.
 
 The comparison runs in a subprocess (tests/_sharding_worker.py) so that this
 pytest process keeps its single device.
@@ -58,3 +59,14 @@ def test_indivisible_axes_raise_clear_errors(four_devices):
   assert "batch_real=6" in str(four_devices["error_batch"])
   assert "(4)" in str(four_devices["error_batch"])
   assert "number of classes (3)" in str(four_devices["error_classes"])
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+@pytest.mark.parametrize("loop", ["loop", "scan"])
+def test_data_parallel_training_equals_single_device(four_devices, norm, loop):
+  single = four_devices[f"train_{norm}_{loop}_single"]
+  parallel = four_devices[f"train_{norm}_{loop}_dp"]
+  # Batch-norm statistics and gradients are means over the global batch of 16.
+  assert bool(four_devices[f"train_{norm}_{loop}_dp_used_mesh"])
+  assert not np.allclose(single, 0.0)
+  np.testing.assert_allclose(parallel, single, rtol=1e-4, atol=1e-5)
