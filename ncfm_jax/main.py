@@ -5,6 +5,7 @@ Any config field can be overridden, e.g. `--config.distill.ipc=50`. `--mode=all`
 killed command resumes from the last checkpoint.
 """
 
+import os
 import sys
 
 from absl import app
@@ -37,6 +38,8 @@ def main(argv):
     # Slurm, Cloud TPU pods or NCFM_COORDINATOR/NCFM_NUM_PROCESSES/NCFM_PROCESS_ID:
     # one program over every host's devices; a no-op for a single process.
     distributed.maybe_initialize()
+    if not distributed.is_primary():  # one log per job: process 0's (errors still show)
+      sys.stdout = open(os.devnull, "w")
     pipeline.run(_CONFIG.value, _WORKDIR.value, _MODE.value)
   except (ValueError, pipeline.PhaseError, wd.WorkdirError, FileNotFoundError) as err:
     print(f"error: {err}", file=sys.stderr)

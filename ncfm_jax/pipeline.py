@@ -141,7 +141,9 @@ class Run:
           desc=f"pretrain {member + 1}/{cfg.num_models}", mesh=self.mesh)
       acc = train_lib.accuracy(self.model, trained, self.dataset.test_images,
                                self.dataset.test_labels, self.mean, self.std)
-      manager.save(member, args=ocp.args.StandardSave({"init": init, "trained": trained}))
+      # Host numpy (the same on every process): what a multi-process save accepts.
+      manager.save(member, args=ocp.args.StandardSave(
+          sharding.to_host({"init": init, "trained": trained})))
       manager.wait_until_finished()
       accuracies[str(member)] = acc
       wd.write_json(self.path("pool_accuracy.json"), accuracies)

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -27,6 +28,12 @@ def _cli(workdir, *flags, config=TINY):
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+def _free_port() -> int:
+  with socket.socket() as sock:
+    sock.bind(("localhost", 0))
+    return sock.getsockname()[1]
+
+
 def _tiny_config():
   sys.path.insert(0, ROOT)
   import importlib.util  # pylint: disable=g-import-not-at-top
@@ -46,11 +53,19 @@ def pretrained(tmp_path_factory):
   return workdir
 
 
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+  """(workdir, result) of the whole tiny CLI (all phases) in one process."""
+  if not os.path.isdir(FMNIST):
+    pytest.skip(f"{FMNIST} missing")
+  workdir = tmp_path_factory.mktemp("cli") / "run"
+  return workdir, _cli(workdir)
+
+
 @needs_fmnist
 @pytest.mark.slow
-def test_cli_end_to_end(tmp_path):
-  workdir = tmp_path / "run"
-  result = _cli(workdir)
+def test_cli_end_to_end(cli_run):
+  workdir, result = cli_run
   assert result.returncode == 0, result.stderr[-3000:]
   metrics = json.loads((workdir / "metrics.json").read_text())
   assert metrics["dataset"] == "fashion_mnist" and metrics["ipc"] == 2
@@ -159,3 +174,38 @@ def test_distill_on_two_forced_devices_matches_one_device(pretrained, tmp_path):
   # near-zero gradients may round differently; most pixels agree to 1e-5.
   assert np.mean(np.abs(a - b) < 1e-4) > 0.99
   assert np.max(np.abs(a - b)) < 2e-2
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_two_process_cli_matches_one_process_and_resumes_in_one(cli_run, tmp_path):
+  one, one_result = cli_run
+  assert one_result.returncode == 0, one_result.stderr[-3000:]
+  two = tmp_path / "two"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", NCFM_PORT=str(_free_port()))
+  result = subprocess.run(
+      ["bash", os.path.join(ROOT, "launch", "local_multi_process.sh"), "2", sys.executable,
+       "-m", "ncfm_jax.main", f"--config={TINY}", f"--workdir={two}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "data parallel over 2 devices" in result.stdout
+  assert result.stdout.count("| convnet |") == 1  # only process 0 prints
+  m1 = json.loads((one / "metrics.json").read_text())
+  m2 = json.loads((two / "metrics.json").read_text())
+  # Pretraining and evaluation data parallel over the 2 processes, same results.
+  np.testing.assert_allclose(m2["pretrain"]["accuracy"], m1["pretrain"]["accuracy"], atol=0.5)
+  for section in ("eval", "baseline_random_real", "baseline_init"):
+    np.testing.assert_allclose(m2[section]["convnet"]["runs"], m1[section]["convnet"]["runs"],
+                               atol=0.5)
+  images_one = np.load(one / "distilled.npz")["images"]
+  np.testing.assert_allclose(np.load(two / "distilled.npz")["images"], images_one, atol=1e-4)
+
+  # The 2-process distillation checkpoint at step 3 resumes in one process.
+  resumed = tmp_path / "resumed"
+  shutil.copytree(two, resumed)
+  shutil.rmtree(resumed / "distill_ckpt" / "6")
+  os.remove(resumed / "distilled.npz")
+  again = _cli(resumed, "--mode=distill")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resumed from step 3" in again.stdout
+  np.testing.assert_allclose(np.load(resumed / "distilled.npz")["images"], images_one, atol=1e-4)
