@@ -31,6 +31,7 @@ import os
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
 ENV_COORDINATOR = "NCFM_COORDINATOR"
@@ -143,6 +144,21 @@ def barrier(name: str) -> None:
   others read); nothing for a single process."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def agree(value):
+  """Process 0's `value` (a bool or an int) on every process.
+
+  For a file check that decides which phases (and so which collectives) run:
+  process 0 writes the workdir, so another process may look a moment before or
+  after it and see something else (seen: a pool directory created in between
+  made process 1 open one more checkpoint manager, whose barrier then met
+  process 0's training step). Nothing to agree on for a single process.
+  """
+  kind = type(value)
+  if jax.process_count() == 1:
+    return kind(value)
+  return kind(multihost_utils.broadcast_one_to_all(np.asarray(value)))
 
 
 def describe() -> str:

@@ -116,7 +116,7 @@ class Run:
         options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True))
 
   def pretrain_done(self) -> bool:
-    if not os.path.isdir(self.path("pool")):
+    if not distributed.agree(os.path.isdir(self.path("pool"))):
       return False
     steps = set(self.pool_manager().all_steps())
     return steps >= set(range(self.config.pretrain.num_models))
@@ -298,6 +298,7 @@ class Run:
                        decoded.reshape((self.num_classes, -1) + decoded.shape[1:]))
     if history["loss"]:
       wd.save_loss_plot(self.path("loss.png"), history)
+    distributed.barrier("ncfm:distilled.npz written")  # evaluation reads it everywhere
     steps_run = len(history["loss"])
     summary = {"steps": steps_run, "seconds": history["seconds"],
                "seconds_per_step": history["seconds"] / max(1, steps_run),
@@ -344,7 +345,7 @@ class Run:
     for arch in cfg.archs:
       model = self.make_model(arch)
       runs = list(results.get(arch, {}).get("runs", []))
-      for repeat in range(len(runs), cfg.num_eval):
+      for repeat in range(distributed.agree(len(runs)), cfg.num_eval):
         key = jax.random.fold_in(jax.random.fold_in(self.key, 5), repeat)
         variables = train_lib.train_classifier(
             key, model, jnp.asarray(images), self.onehot(labels), cfg,
@@ -393,7 +394,8 @@ def run(config, workdir: str, mode: str = "all") -> dict:
   if mode == "pretrain" or (mode == "all" and not r.pretrain_done()):
     accuracies = r.pretrain()
     wd.update_metrics(workdir, pretrain={"accuracy": accuracies})
-  if mode == "distill" or (mode == "all" and not os.path.exists(r.path("distilled.npz"))):
+  distilled = distributed.agree(os.path.exists(r.path("distilled.npz")))
+  if mode == "distill" or (mode == "all" and not distilled):
     r.distill()
   if mode == "evaluate":
     r.evaluate(config.eval.source)
@@ -402,8 +404,8 @@ def run(config, workdir: str, mode: str = "all") -> dict:
     metrics = wd.read_json(r.path("metrics.json"), {})
     for source in sources:
       done = metrics.get(EVAL_SOURCES[source], {})
-      if any(len(done.get(a, {}).get("runs", [])) < config.eval.num_eval
-             for a in config.eval.archs):
+      if distributed.agree(any(len(done.get(a, {}).get("runs", [])) < config.eval.num_eval
+                               for a in config.eval.archs)):
         r.evaluate(source)
   metrics = wd.read_json(r.path("metrics.json"), {})
   print_summary(metrics)
