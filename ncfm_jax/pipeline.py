@@ -333,6 +333,16 @@ class Run:
     labels = np.repeat(np.arange(self.num_classes), d.ipc * factor**2)
     return np.asarray(decoded), labels
 
+  def check_eval_settings(self, sources) -> None:
+    """Refuses (WorkdirError) to add to or report runs made with other eval settings."""
+    metrics = wd.read_json(self.path("metrics.json"), {})
+    settings = wd.eval_settings(self.config.eval)
+    for source in sources:
+      section = EVAL_SOURCES[source]
+      for arch in self.config.eval.archs:
+        wd.check_eval_settings(self.workdir, section, arch,
+                               metrics.get(section, {}).get(arch, {}), settings)
+
   def evaluate(self, source: str) -> dict:
     cfg = self.config.eval
     section = EVAL_SOURCES[source]
@@ -341,6 +351,8 @@ class Run:
     results = dict(metrics.get(section, {}))
     per_epoch = int(np.ceil(images.shape[0] / min(cfg.batch_size, images.shape[0])))
     num_steps = cfg.max_steps or cfg.epochs * per_epoch
+    settings = wd.eval_settings(cfg)
+    self.check_eval_settings([source])
     teacher = self.teacher() if cfg.soft_labels else None
     for arch in cfg.archs:
       model = self.make_model(arch)
@@ -355,7 +367,7 @@ class Run:
                                  self.dataset.test_labels, self.mean, self.std)
         runs.append(acc)
         results[arch] = {"mean": float(np.mean(runs)), "std": float(np.std(runs)),
-                         "runs": runs}
+                         "runs": runs, "settings": settings}
         wd.update_metrics(self.workdir, **{section: results})  # resumable per run
         print(f"[eval] {source} {arch} run {repeat + 1}: {acc:.2f}%", flush=True)
     return results
@@ -378,6 +390,15 @@ def d_limit_bytes(config) -> int:
   return int(config.data.device_limit_mb) * 2**20
 
 
+def eval_sources(config, mode: str) -> list[str]:
+  """The sets `mode` evaluates (keys of EVAL_SOURCES)."""
+  if mode == "evaluate":
+    return [config.eval.source]
+  if mode == "all":
+    return ["distilled"] + (["random_real", "init"] if config.eval.baselines else [])
+  return []
+
+
 def run(config, workdir: str, mode: str = "all") -> dict:
   """Runs `mode` on `workdir`; returns metrics.json's content."""
   if mode not in MODES:
@@ -385,6 +406,7 @@ def run(config, workdir: str, mode: str = "all") -> dict:
   validate_config(config)
   known = wd.check_config(workdir, config)
   r = Run(config, workdir)  # loads the data: bad data fails before anything is written
+  r.check_eval_settings(eval_sources(config, mode))
   if not known:
     wd.write_config(workdir, config)
   metrics = wd.read_json(r.path("metrics.json"), {})
@@ -400,9 +422,8 @@ def run(config, workdir: str, mode: str = "all") -> dict:
   if mode == "evaluate":
     r.evaluate(config.eval.source)
   elif mode == "all":
-    sources = ["distilled"] + (["random_real", "init"] if config.eval.baselines else [])
     metrics = wd.read_json(r.path("metrics.json"), {})
-    for source in sources:
+    for source in eval_sources(config, mode):
       done = metrics.get(EVAL_SOURCES[source], {})
       if distributed.agree(any(len(done.get(a, {}).get("runs", [])) < config.eval.num_eval
                                for a in config.eval.archs)):

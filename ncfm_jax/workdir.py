@@ -56,6 +56,35 @@ def result_defining(config) -> dict:
   return {k: v for k, v in _flatten(kept).items() if k not in RUNTIME_KEYS}
 
 
+# Eval keys that choose which evaluations run, not what one of them computes.
+EVAL_SELECTION_KEYS = frozenset({"source", "baselines", "num_eval", "archs", "steps_per_call"})
+
+
+def eval_settings(eval_config) -> dict:
+  """The eval settings an evaluation's accuracy depends on, as JSON stores them.
+
+  Recorded with each architecture's runs in metrics.json, so runs made with
+  other settings (soft labels, another step budget) are never pooled."""
+  flat = _flatten(json.loads(eval_config.to_json_best_effort()))
+  return {k: v for k, v in sorted(flat.items()) if k not in EVAL_SELECTION_KEYS}
+
+
+def check_eval_settings(workdir: str, section: str, arch: str, recorded: dict,
+                        settings: dict) -> None:
+  """Raises WorkdirError when `recorded` (metrics.json's `section.arch` entry)
+  holds runs made with settings other than `settings`. Writes nothing."""
+  stored = recorded.get("settings")
+  if not recorded.get("runs") or stored is None:  # no runs, or an older workdir
+    return
+  diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+  if diff:
+    shown = ", ".join(f"eval.{k}: {stored.get(k)!r} -> {settings.get(k)!r}" for k in diff[:4])
+    raise WorkdirError(
+        f"{os.path.join(workdir, 'metrics.json')} holds {section}.{arch} runs made with "
+        f"other eval settings ({shown}{', ...' if len(diff) > 4 else ''}); use another "
+        f"--workdir (a copy of this one without metrics.json keeps its pool and distilled set)")
+
+
 def check_config(workdir: str, config) -> bool:
   """True when workdir/config.json exists and matches `config`; raises WorkdirError
   when it holds another config. Writes nothing."""

@@ -73,6 +73,7 @@ def test_cli_end_to_end(cli_run):
   for section in ("eval", "baseline_random_real", "baseline_init"):
     run = metrics[section]["convnet"]
     assert len(run["runs"]) == 1 and 0.0 <= run["mean"] <= 100.0
+    assert run["settings"]["soft_labels"] is False and "num_eval" not in run["settings"]
   for name in ("distilled.npz", "distilled.png", "loss.png", "config.json"):
     assert (workdir / name).exists(), name
   distilled = np.load(workdir / "distilled.npz")
@@ -138,6 +139,23 @@ def test_workdir_with_another_config_is_refused_untouched(pretrained, tmp_path):
   assert result.returncode == 2
   assert "different config" in result.stderr and "distill.alpha" in result.stderr
   assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_evaluations_with_other_settings_are_refused_untouched(cli_run, tmp_path):
+  done, _ = cli_run
+  workdir = tmp_path / "run"
+  shutil.copytree(done, workdir)
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+  result = _cli(workdir, "--config.eval.soft_labels=True")
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert "eval.convnet" in last and "eval.soft_labels: False -> True" in last, last
+  assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+  # Keys that only choose which evaluations run may change.
+  again = _cli(workdir, "--mode=evaluate", "--config.eval.steps_per_call=1")
+  assert again.returncode == 0, again.stderr[-2000:]
 
 
 @needs_fmnist
