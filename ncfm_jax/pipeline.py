@@ -337,11 +337,18 @@ class Run:
     """Refuses (WorkdirError) to add to or report runs made with other eval settings."""
     metrics = wd.read_json(self.path("metrics.json"), {})
     settings = wd.eval_settings(self.config.eval)
-    for source in sources:
-      section = EVAL_SOURCES[source]
-      for arch in self.config.eval.archs:
-        wd.check_eval_settings(self.workdir, section, arch,
-                               metrics.get(section, {}).get(arch, {}), settings)
+    refusal = None
+    try:
+      for source in sources:
+        section = EVAL_SOURCES[source]
+        for arch in self.config.eval.archs:
+          wd.check_eval_settings(self.workdir, section, arch,
+                                 metrics.get(section, {}).get(arch, {}), settings)
+    except wd.WorkdirError as err:
+      refusal = err
+    # Every process stops, or none: process 0's reading decides.
+    if not distributed.agree(refusal is None):
+      raise refusal or wd.WorkdirError("process 0 refused the recorded eval settings")
 
   def evaluate(self, source: str) -> dict:
     cfg = self.config.eval
