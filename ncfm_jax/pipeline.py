@@ -333,8 +333,9 @@ class Run:
     labels = np.repeat(np.arange(self.num_classes), d.ipc * factor**2)
     return np.asarray(decoded), labels
 
-  def check_eval_settings(self, sources) -> None:
-    """Refuses (WorkdirError) to add to or report runs made with other eval settings."""
+  def check_eval_settings(self, sources) -> dict:
+    """This config's eval settings (`wd.eval_settings`); refuses (WorkdirError) to add
+    to or report runs of `sources` made with other settings."""
     metrics = wd.read_json(self.path("metrics.json"), {})
     settings = wd.eval_settings(self.config.eval)
     refusal = None
@@ -349,6 +350,7 @@ class Run:
     # Every process stops, or none: process 0's reading decides.
     if not distributed.agree(refusal is None):
       raise refusal or wd.WorkdirError("process 0 refused the recorded eval settings")
+    return settings
 
   def evaluate(self, source: str) -> dict:
     cfg = self.config.eval
@@ -358,8 +360,7 @@ class Run:
     results = dict(metrics.get(section, {}))
     per_epoch = int(np.ceil(images.shape[0] / min(cfg.batch_size, images.shape[0])))
     num_steps = cfg.max_steps or cfg.epochs * per_epoch
-    settings = wd.eval_settings(cfg)
-    self.check_eval_settings([source])
+    settings = self.check_eval_settings([source])
     teacher = self.teacher() if cfg.soft_labels else None
     for arch in cfg.archs:
       model = self.make_model(arch)
