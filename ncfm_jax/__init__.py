@@ -1,0 +1,34 @@
+"""ncfm-jax: Neural Characteristic Function Matching (CVPR 2025) in JAX.
+
+The public API for notebooks and other code; everything is a pure function::
+
+  import ncfm_jax as ncfm
+  t = ncfm.gaussian_frequencies(key, num_freqs=1024, dim=2048)
+  loss = jax.jit(ncfm.ncfd)(real_feats, syn_feats, t, alpha=0.5, beta=0.5)
+
+The math lives in `ncfm_jax.ncfd` (import its other names with
+``from ncfm_jax.ncfd import ...``: the package attribute ``ncfm_jax.ncfd`` is the
+function), psi in `ncfm_jax.sampler`, the min-max step in `ncfm_jax.distill`.
+The layout and design are in docs/design.md.
+"""
+
+from ncfm_jax.distill import DistillState
+from ncfm_jax.distill import init_state
+from ncfm_jax.distill import make_distill_step
+from ncfm_jax.distill import Pool
+from ncfm_jax.distill import stack_pool
+from ncfm_jax.ncfd import class_mmd
+from ncfm_jax.ncfd import class_ncfd
+from ncfm_jax.ncfd import empirical_cf
+from ncfm_jax.ncfd import gaussian_frequencies
+from ncfm_jax.ncfd import mmd
+from ncfm_jax.ncfd import ncfd
+from ncfm_jax.ncfd import ncfd_terms
+from ncfm_jax.sampler import init_sampler
+from ncfm_jax.sampler import sample
+
+__all__ = [
+    "DistillState", "Pool", "class_mmd", "class_ncfd", "empirical_cf",
+    "gaussian_frequencies", "init_sampler", "init_state", "make_distill_step", "mmd",
+    "ncfd", "ncfd_terms", "sample", "stack_pool",
+]

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from ncfm_jax import allocator
-from ncfm_jax import ncfd as ncfd_lib
+from ncfm_jax.ncfd import gaussian_frequencies, ncfd
 
 _ROW_MARKER = "BENCH_ROW "
 _MIB = 2**20
@@ -205,10 +205,10 @@ def _measure_ncfd(
   unit = lambda x: x / jnp.linalg.norm(x, axis=1, keepdims=True)
   real = unit(jax.random.normal(key_real, (num_real, dim)))
   syn = unit(jax.random.normal(key_syn, (num_syn, dim)))
-  t = ncfd_lib.gaussian_frequencies(key_t, num_freqs, dim)
+  t = gaussian_frequencies(key_t, num_freqs, dim)
   jax.block_until_ready((real, syn, t))
 
-  loss = functools.partial(ncfd_lib.ncfd, freq_chunk=freq_chunk)
+  loss = functools.partial(ncfd, freq_chunk=freq_chunk)
   step = jax.jit(jax.value_and_grad(loss, argnums=1))
   with _RssWindow() as compile_rss:
     start = time.perf_counter()

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from ncfm_jax import augment as augment_lib
-from ncfm_jax import ncfd as ncfd_lib
+from ncfm_jax.ncfd import class_mmd, class_ncfd, gaussian_frequencies
 from ncfm_jax import parameterize
 from ncfm_jax import sampler as sampler_lib
 from ncfm_jax.data import sampling
@@ -231,7 +231,7 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
       return sampler_lib.sample(psi_params, psi_stats, key,
                                 num_freqs=cfg.num_freqs, dim=feature_dim,
                                 variant=cfg.psi_variant)
-    return ncfd_lib.gaussian_frequencies(key, cfg.num_freqs, feature_dim)
+    return gaussian_frequencies(key, cfg.num_freqs, feature_dim)
 
   def losses(syn_images, psi_params, psi_stats, real_feats, blended, trained, keys):
     k_aug, k_freq = keys
@@ -243,10 +243,10 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
     syn_feats, logits = embed_synthetic(blended, trained, syn)
     if cfg.loss == "ncfd":
       t = frequencies(psi_params, psi_stats, k_freq)
-      per_class = ncfd_lib.class_ncfd(real_feats, syn_feats, t, cfg.alpha, cfg.beta,
-                                      cfg.freq_chunk)
+      per_class = class_ncfd(real_feats, syn_feats, t, alpha=cfg.alpha,
+                                      beta=cfg.beta, freq_chunk=cfg.freq_chunk)
     elif cfg.loss == "mmd":
-      per_class = ncfd_lib.class_mmd(real_feats, syn_feats)
+      per_class = class_mmd(real_feats, syn_feats)
     else:
       raise ValueError(f"unknown distill.loss {cfg.loss!r}; use ncfd or mmd")
     match = cfg.loss_scale * jnp.sum(per_class)

@@ -302,10 +302,10 @@ def ncfd(
     real: ArrayLike,
     syn: ArrayLike,
     t: ArrayLike,
+    *,
     alpha: ArrayLike = 0.5,
     beta: ArrayLike = 0.5,
     freq_chunk: int | None = None,
-    *,
     precision: jax.lax.PrecisionLike = None,
 ) -> jax.Array:
   """Neural characteristic function discrepancy between two feature sets.
@@ -352,15 +352,15 @@ def class_ncfd(
     real: ArrayLike,
     syn: ArrayLike,
     t: ArrayLike,
+    *,
     alpha: ArrayLike = 0.5,
     beta: ArrayLike = 0.5,
     freq_chunk: int | None = None,
-    *,
     precision: jax.lax.PrecisionLike = None,
 ) -> jax.Array:
   """Per-class NCFD, all classes in one batched computation.
 
-  ``out[c] = ncfd(real[c], syn[c], t, alpha, beta, freq_chunk)``; every class
+  ``out[c] = ncfd(real[c], syn[c], t, alpha=alpha, beta=beta, freq_chunk=freq_chunk)``; every class
   shares the same frequencies ``t`` (as in one distillation step), so each
   frequency block is one product over all classes' features.
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from ncfm_jax import ncfd as ncfd_lib
+from ncfm_jax.ncfd import ncfd
 from ncfm_jax import sampler
 
 F, D = 64, 24  # K = 4 mixture components
@@ -76,7 +76,7 @@ def test_mixture_is_a_scale_mixture_of_normals():
 def test_gradient_reaches_every_psi_parameter(variant):
   real, syn = _feature_sets()
   params, batch_stats = sampler.init_sampler(jax.random.PRNGKey(0), F, D, variant=variant)
-  loss = lambda p: ncfd_lib.ncfd(
+  loss = lambda p: ncfd(
       real, syn, sampler.sample(p, batch_stats, jax.random.PRNGKey(3), num_freqs=F, dim=D, variant=variant)
   )
   grads = jax.jit(jax.grad(loss))(params)
@@ -93,7 +93,7 @@ def test_ascent_on_psi_increases_ncfd(variant="mixture"):
   eval_keys = jax.random.split(jax.random.PRNGKey(100), 8)
 
   def ncfd_at(p, key):
-    return ncfd_lib.ncfd(real, syn, sampler.sample(p, batch_stats, key, num_freqs=F, dim=D, variant=variant))
+    return ncfd(real, syn, sampler.sample(p, batch_stats, key, num_freqs=F, dim=D, variant=variant))
 
   mean_ncfd = jax.jit(lambda p: jax.vmap(functools.partial(ncfd_at, p))(eval_keys).mean())
   optimizer = optax.sgd(0.5, momentum=0.5)
