@@ -66,7 +66,6 @@ def _gpu(config):
   config.distill.lr = 1e-2
   config.distill.checkpoint_every = 500
   config.distill.steps_per_call = 100
-  config.distill.log_every = 500
   config.eval.num_eval = 3
   config.eval.steps_per_call = 100
 
@@ -87,7 +86,6 @@ def _tiny(config):
   config.distill.num_freqs = 64
   config.distill.checkpoint_every = 3
   config.distill.steps_per_call = 3
-  config.distill.log_every = 1
   config.eval.num_eval = 1
   config.eval.max_steps = 10
   config.eval.steps_per_call = 5

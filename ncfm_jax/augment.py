@@ -53,6 +53,16 @@ OPS = ("flip", "color", *COLOR_OPS, *GEOMETRIC_OPS, "cutout")
 IDENTITY_STRATEGIES = ("", "none")
 
 
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+  """uint8 `[..., H, W, C]` or float in [0, 1] -> `(x - mean) / std` in float32
+  (every augmentation here works on normalised images)."""
+  if images.dtype == jnp.uint8:
+    images = images.astype(jnp.float32) / 255.0
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  return (images - mean) / std
+
+
 class DSAParams(NamedTuple):
   """Ranges of the DSA ops (release defaults)."""
 

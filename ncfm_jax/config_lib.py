@@ -8,7 +8,11 @@ Numbers marked (release) are the authors' PyTorch release defaults (DESIGN.md).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import ml_collections
+
+from ncfm_jax.errors import InputError
 
 # Fields of the config that define *what was computed* in a workdir. A workdir
 # whose stored config differs in any of these is another run (main.py refuses
@@ -32,16 +36,16 @@ def parse_arg(arg: str | None, **defaults):
     key, sep, value = item.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise ValueError(
+      raise InputError(
           f"unknown config argument {key!r}; valid: {sorted(defaults)}")
     default = defaults[key]
     if not sep:
       if not isinstance(default, bool):
-        raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+        raise InputError(f"config argument {key!r} needs a value ({key}=...)")
       parsed[key] = True
     elif isinstance(default, bool):
       if value.lower() not in ("true", "false", "1", "0"):
-        raise ValueError(f"config argument {key}={value!r} is not a boolean")
+        raise InputError(f"config argument {key}={value!r} is not a boolean")
       parsed[key] = value.lower() in ("true", "1")
     elif isinstance(default, int):
       parsed[key] = int(value)
@@ -101,6 +105,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.distill.loss = "ncfd"  # ncfd | mmd
   config.distill.sampler = "psi"  # psi | gaussian
   config.distill.psi_variant = "mixture"  # mixture | release
+  # psi's architecture: noise [F / group_size, noise_dim] -> two hidden Dense layers.
+  config.distill.psi_hidden_dim = 128
+  config.distill.psi_noise_dim = 64
+  config.distill.psi_group_size = 16  # frequencies per psi output row (paper: 16)
   config.distill.num_freqs = 4096
   config.distill.freq_chunk = ml_collections.FieldReference(None, field_type=int)
   # Real images per class in one forward pass (0: all batch_real at once; None:
@@ -137,7 +145,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.distill.unroll = 1
   config.distill.checkpoint_every = 500
   config.distill.keep_checkpoints = 2
-  config.distill.log_every = 50
 
   # Training networks from scratch on the synthetic set (DESIGN.md section 8).
   config.eval = ml_collections.ConfigDict()
@@ -175,3 +182,36 @@ def imagenet_subset_config(name: str, arg: str | None) -> ml_collections.ConfigD
   config.distill.batch_real = 128
   config.eval.epochs = 1000 if args.ipc <= 10 else 500
   return config
+
+
+def validate_config(config, *, model_names: Sequence[str], eval_sources: Sequence[str]) -> None:
+  """InputError naming the first bad field of `config`."""
+  d = config.distill
+  checks = [
+      (d.ipc >= 1, f"distill.ipc must be >= 1, got {d.ipc}"),
+      (d.factor >= 1, f"distill.factor must be >= 1, got {d.factor}"),
+      (d.loss in ("ncfd", "mmd"), f"distill.loss must be ncfd or mmd, got {d.loss!r}"),
+      (d.sampler in ("psi", "gaussian"),
+       f"distill.sampler must be psi or gaussian, got {d.sampler!r}"),
+      (d.init in ("mix", "real", "noise"),
+       f"distill.init must be mix, real or noise, got {d.init!r}"),
+      (d.num_freqs >= 1 and d.batch_real >= 1 and d.steps >= 0,
+       "distill.num_freqs and distill.batch_real must be >= 1, steps >= 0"),
+      (not (d.loss == "ncfd" and d.sampler == "psi") or d.num_freqs % d.psi_group_size == 0,
+       f"distill.num_freqs={d.num_freqs} must be a multiple of "
+       f"distill.psi_group_size={d.psi_group_size} with sampler=psi"),
+      (not d.real_chunk or (d.real_chunk > 0 and d.batch_real % d.real_chunk == 0),
+       f"distill.real_chunk={d.real_chunk} must divide distill.batch_real={d.batch_real}"),
+      (not d.syn_chunk or (d.syn_chunk > 0 and (d.ipc * d.factor**2) % d.syn_chunk == 0),
+       f"distill.syn_chunk={d.syn_chunk} must divide ipc * factor^2 = {d.ipc * d.factor**2}"),
+      (config.pretrain.num_models >= 1,
+       f"pretrain.num_models must be >= 1, got {config.pretrain.num_models}"),
+      (config.eval.source in eval_sources,
+       f"eval.source must be one of {sorted(eval_sources)}, got {config.eval.source!r}"),
+  ]
+  for arch in [config.model.name, *config.eval.archs]:
+    checks.append((arch in model_names,
+                   f"unknown model {arch!r}; valid: {', '.join(model_names)}"))
+  for ok, message in checks:
+    if not ok:
+      raise InputError(message)

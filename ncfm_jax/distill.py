@@ -21,20 +21,18 @@ real batch each step; no weight gradients of the frozen extractor; seeded.
 
 from __future__ import annotations
 
-import functools
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from ncfm_jax import augment as augment_lib
-from ncfm_jax.ncfd import class_mmd, class_ncfd, gaussian_frequencies
+from ncfm_jax import execution
 from ncfm_jax import parameterize
 from ncfm_jax import sampler as sampler_lib
-from ncfm_jax.data import sampling
-from ncfm_jax.train import normalize
-from ncfm_jax.train import resolve_use_scan
+from ncfm_jax.augment import normalize
+from ncfm_jax.ncfd import class_mmd, class_ncfd, gaussian_frequencies
 
 
 class DistillState(NamedTuple):
@@ -86,8 +84,7 @@ def init_state(key: jax.Array, syn_images: jax.Array, feature_dim: int,
   syn_images = jnp.asarray(syn_images, jnp.float32)
   if uses_psi(distill_config):
     psi_params, psi_stats = sampler_lib.init_sampler(
-        k_psi, distill_config.num_freqs, feature_dim,
-        variant=distill_config.psi_variant)
+        k_psi, distill_config.num_freqs, feature_dim, **psi_settings(distill_config))
   else:
     psi_params, psi_stats = {}, {}
   return DistillState(
@@ -116,57 +113,30 @@ def _member(pool: Pool, key: jax.Array):
   return blended, trained
 
 
-CPU_PASS_PIXELS = 128 * 32 * 32
-"""Pixels per forward pass on CPU: 128 CIFAR-sized images, a cache-sized pass
-(cifar10_ipc10 measured 6.7 -> 5.2 s/step with the real forward in such passes)."""
+class DistillStep(NamedTuple):
+  """The step and a read-only view of it, built from one config.
 
-
-def _cpu_pass(per_class: int, num_classes: int, image_pixels: int, max_passes: int) -> int:
-  """Largest divisor c of `per_class` whose pass (c images of every class) holds at
-  most CPU_PASS_PIXELS, else the smallest divisor; at most `max_passes` passes."""
-  divisors = [c for c in range(1, per_class + 1)
-              if per_class % c == 0 and per_class // c <= max_passes]
-  fits = [c for c in divisors if c * num_classes * image_pixels <= CPU_PASS_PIXELS]
-  return max(fits) if fits else min(divisors)
-
-
-def resolve_real_chunk(real_chunk: int | None, batch_real: int, num_classes: int,
-                       image_pixels: int) -> int:
-  """Real images per class in one forward pass (`lax.map` over passes); 0: all at once.
-
-  None picks cache-sized passes on CPU (`CPU_PASS_PIXELS`) and all at once on
-  GPU/TPU (set it there to bound memory: one pass over 100 classes x 256 images
-  peaked at 53 GB).
+  Attributes:
+    step: `(state, pool, real_batch) -> (state, metrics)`, `real_batch` uint8
+      `[C, B, H, W, Ch]`; metrics `{"loss", "calibration", "lr_scale"}`.
+    evaluate: `(state, pool, real_batch) -> (match, calibration)` of `state`
+      with the randomness of its step, nothing updated.
   """
-  if real_chunk is not None:
-    return int(real_chunk)
-  if jax.default_backend() != "cpu":
-    return 0
-  return _cpu_pass(batch_real, num_classes, image_pixels, max_passes=batch_real)
+  step: Callable
+  evaluate: Callable
 
 
-def resolve_syn_chunk(syn_chunk: int | None, images_per_class: int, num_classes: int,
-                      image_pixels: int, max_passes: int = 8) -> int:
-  """Decoded synthetic images per class in one forward/backward pass; 0: all at once.
-
-  Unrolled passes (a `lax.map` made the backward pass slower than one big batch on
-  XLA:CPU) are at most `max_passes`; `distill.remat_syn` loops over them and lifts
-  the cap. None picks cache-sized passes on CPU (cifar10_ipc10's 400 images: 4
-  passes of 100) and all at once on GPU/TPU.
-  """
-  if syn_chunk is not None:
-    return int(syn_chunk)
-  if jax.default_backend() != "cpu":
-    return 0
-  return _cpu_pass(images_per_class, num_classes, image_pixels, max_passes)
+def psi_settings(distill_config) -> dict:
+  """psi's architecture fields (`sampler.FrequencySampler`) from the config."""
+  return {"variant": distill_config.psi_variant,
+          "hidden_dim": int(distill_config.psi_hidden_dim),
+          "noise_dim": int(distill_config.psi_noise_dim),
+          "group_size": int(distill_config.psi_group_size)}
 
 
-def make_distill_step(model, distill_config, mean, std, feature_dim: int):
-  """Returns `distill_step(state, pool, real_batch) -> (state, metrics)`.
-
-  `real_batch` is uint8 `[C, B, H, W, Ch]`. Pure and jittable; every number it
-  uses comes from `distill_config`.
-  """
+def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> DistillStep:
+  """The pure, jittable min-max step for `model`'s features; every number it
+  uses comes from `distill_config`."""
   cfg = distill_config
   factor = int(cfg.factor)
   strategy = cfg.augment
@@ -212,9 +182,9 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
       return feats, (embed(trained, part)[1] if cfg.calibration_weight else None)
     per_class = syn.shape[1]
     remat = bool(cfg.get("remat_syn"))
-    chunk = resolve_syn_chunk(cfg.get("syn_chunk"), per_class, syn.shape[0],
-                              syn.shape[2] * syn.shape[3],
-                              max_passes=per_class if remat else 8)
+    chunk = execution.resolve_syn_chunk(cfg.get("syn_chunk"), per_class, syn.shape[0],
+                                        syn.shape[2] * syn.shape[3],
+                                        max_passes=per_class if remat else 8)
     chunk = chunk if 0 < chunk < per_class else per_class
     if remat:
       parts = jnp.moveaxis(syn.reshape((syn.shape[0], per_class // chunk, chunk)
@@ -228,9 +198,8 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
 
   def frequencies(psi_params, psi_stats, key):
     if with_psi:
-      return sampler_lib.sample(psi_params, psi_stats, key,
-                                num_freqs=cfg.num_freqs, dim=feature_dim,
-                                variant=cfg.psi_variant)
+      return sampler_lib.sample(psi_params, psi_stats, key, num_freqs=cfg.num_freqs,
+                                dim=feature_dim, **psi_settings(cfg))
     return gaussian_frequencies(key, cfg.num_freqs, feature_dim)
 
   def losses(syn_images, psi_params, psi_stats, real_feats, blended, trained, keys):
@@ -267,8 +236,9 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
     real = augment_per_class(aug_keys, normalize(real_batch, mean, std))
     # Flattened B-major, so a real batch split along B (sharding.py) stays split
     # through the forward pass instead of being all-gathered.
-    chunk = resolve_real_chunk(cfg.get("real_chunk"), real_batch.shape[1], real_batch.shape[0],
-                               real_batch.shape[2] * real_batch.shape[3])
+    chunk = execution.resolve_real_chunk(cfg.get("real_chunk"), real_batch.shape[1],
+                                         real_batch.shape[0],
+                                         real_batch.shape[2] * real_batch.shape[3])
     real_feats = embed_in_chunks(blended, jnp.swapaxes(real, 0, 1), chunk)
     real_feats = jnp.swapaxes(real_feats, 0, 1)
     return (jax.lax.stop_gradient(real_feats), blended, trained, (aug_keys, k_freq))
@@ -299,57 +269,7 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int):
     new_state = DistillState(state.step + 1, syn_images, image_opt_state, psi_params,
                              state.psi_batch_stats, psi_opt_state, state.key)
     metrics = {"loss": match, "calibration": calibration,
-               "lr_scale": image_opt_state[1].scale}
+               "lr_scale": optax.tree_utils.tree_get(image_opt_state, "scale")}
     return new_state, metrics
 
-  distill_step.evaluate = evaluate
-  return distill_step
-
-
-def make_run_steps(distill_step, distill_config, num_steps: int):
-  """Returns a jitted `run(state, pool, source) -> (state, metrics [num_steps])`.
-
-  `source` is either a `ClassIndexedData` (real batches sampled on the device
-  inside the loop: no host round trip) or a uint8 array `[num_steps, C, B, H, W, Ch]`
-  of batches streamed from the host. `use_scan` runs the steps in `lax.scan`
-  (what GPUs/TPUs want); otherwise `run` is a Python loop over a jitted step.
-  """
-  batch_real = int(distill_config.batch_real)
-
-  def one(state, pool, source_item):
-    if isinstance(source_item, sampling.ClassIndexedData):
-      key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1)
-      source_item = sampling.sample_class_batches(key, source_item, batch_real)
-    return distill_step(state, pool, source_item)
-
-  jitted_one = jax.jit(one, donate_argnums=(0,))
-
-  if resolve_use_scan(distill_config.use_scan):
-    @functools.partial(jax.jit, donate_argnums=(0,))
-    def run(state, pool, source):
-      if isinstance(source, sampling.ClassIndexedData):
-        body = lambda s, _: one(s, pool, source)
-        return jax.lax.scan(body, state, None, length=num_steps,
-                            unroll=int(distill_config.unroll))
-      return jax.lax.scan(lambda s, batch: one(s, pool, batch), state, source,
-                          unroll=int(distill_config.unroll))
-    run.jitted_step = jitted_one
-    return run
-
-  def run(state, pool, source):
-    return loop_steps(jitted_one, state, pool, source, num_steps)
-
-  run.jitted_step = jitted_one
-  return run
-
-
-def loop_steps(step_fn, state, pool, source, num_steps: int):
-  """Python loop of `step_fn(state, pool, item)`; metrics stacked to `[num_steps]`.
-
-  `source` is a ClassIndexedData (passed to every step) or `[num_steps, ...]` batches."""
-  history = []
-  for i in range(num_steps):
-    item = source if isinstance(source, sampling.ClassIndexedData) else source[i]
-    state, metrics = step_fn(state, pool, item)
-    history.append(metrics)
-  return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)
+  return DistillStep(distill_step, evaluate)

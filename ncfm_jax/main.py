@@ -6,6 +6,7 @@ killed command resumes from the last checkpoint.
 """
 
 import os
+import re
 import sys
 
 from absl import app
@@ -16,7 +17,7 @@ from ml_collections import config_flags
 from ncfm_jax import allocator
 from ncfm_jax import distributed
 from ncfm_jax import pipeline
-from ncfm_jax import workdir as wd
+from ncfm_jax.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, e.g. configs/fashion_mnist.py:quick.",
@@ -40,11 +41,40 @@ def main(argv):
     distributed.maybe_initialize()
     if not distributed.is_primary():  # one log per job: process 0's (errors still show)
       sys.stdout = open(os.devnull, "w")
-    pipeline.run(_CONFIG.value, _WORKDIR.value, _MODE.value)
-  except (ValueError, pipeline.PhaseError, wd.WorkdirError, FileNotFoundError) as err:
+    config = _CONFIG.value
+    try:
+      config.get("distill")  # config_flags defers a config file that failed to load
+    except OSError as err:
+      raise InputError(f"--config: {_one_line(str(err))}") from err
+    pipeline.run(config, _WORKDIR.value, _MODE.value)
+  except InputError as err:  # anything else is a bug: traceback, exit 1
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)
 
 
+def _one_line(text: str) -> str:
+  """The last line of an error text (a traceback's is the error itself), without
+  its exception class."""
+  lines = [line.strip() for line in text.replace("\\n", "\n").splitlines() if line.strip()]
+  last = lines[-1] if lines else text
+  return re.sub(r"^[\w.]+(Error|Exception): ", "", last)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with bad flags and config errors (an unknown config
+  argument, a misspelt `--config.x.y` field) as one line and exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as err:
+    message = _one_line(str(err)) if "Traceback" in str(err) else str(err)
+  except (AttributeError, KeyError, TypeError, ValueError) as err:  # a --config.x override
+    text = str(err).replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
+    if len(text) > 1 and text[0] == text[-1] == "'":  # KeyError's repr-quoted text
+      text = text[1:-1]
+    message = f"bad config override: {text}"
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

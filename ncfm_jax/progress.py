@@ -23,9 +23,9 @@ class Progress:
     self._start_time = time.perf_counter()
     self._last_print = -float("inf")
 
-  def update(self, step: int, force: bool = False, **metrics) -> None:
+  def update(self, step: int, **metrics) -> None:
     now = time.perf_counter()
-    if not force and step < self.total and now - self._last_print < self.every_seconds:
+    if step < self.total and now - self._last_print < self.every_seconds:
       return
     self._last_print = now
     done = step - self._start_step
@@ -36,10 +36,6 @@ class Progress:
     print(f"[{self.desc}] step {step}/{self.total} | {shown} | "
           f"{rate:.2f} steps/s | ETA {format_seconds(eta)}",
           file=self.stream, flush=True)
-
-  @property
-  def elapsed(self) -> float:
-    return time.perf_counter() - self._start_time
 
 
 def _fmt(value) -> str:

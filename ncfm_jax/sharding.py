@@ -1,7 +1,7 @@
 """Scaling out with JAX's SPMD machinery: one `Mesh` axis and `NamedSharding`s on `jax.jit`.
 
 The mesh has ONE axis, ``"data"``, over every (global) device. Two layouts of
-the distillation (DESIGN.md section 4):
+the distillation (docs/design.md, "Many devices"):
 
 * data parallel (default): the real batch ``[C, B, H, W, Ch]`` is split along
   ``B`` (each device embeds ``B / n`` real images of every class); the synthetic
@@ -10,8 +10,8 @@ the distillation (DESIGN.md section 4):
   (the empirical characteristic functions) into all-reduces, so the loss and
   every gradient are the single-device ones up to float32 summation order. The
   synthetic images' forward/backward is computed redundantly on every device.
-  (The real forward is split only when the step flattens ``[C, B]`` B-major
-  before the model; see `constrain_real_batch`.)
+  (The real forward stays split because the step flattens ``[C, B]``
+  B-major before the model; see `constrain_real_batch`.)
 * class sharded (``class_sharded=True``): as above, and the synthetic images
   and their Adam moments are split along the class axis ``C``: each device
   decodes, augments, embeds and updates the synthetic images of its ``C / n``
@@ -19,11 +19,11 @@ the distillation (DESIGN.md section 4):
   ``B``), the loss sum and psi's gradients cross devices. Needs ``C`` divisible
   by the device count too.
 
-The step is the SAME function that `distill.make_distill_step` returns and the
-same loop `distill.make_run_steps` builds; this module only adds a
-`with_sharding_constraint` on the real batch right after it is sampled (the
+The step is the SAME function that `distill.make_distill_step` returns, run by
+the same loop (`execution.make_run_steps(..., mesh=mesh)`); this module gives
+the `with_sharding_constraint` on the real batch right after it is sampled (the
 batch is gathered from the replicated training set, so nothing else tells XLA
-to split it) and attaches in/out shardings to `jax.jit`.
+to split it) and the in/out shardings for `jax.jit`.
 
 Multi-process (`ncfm_jax.distributed.maybe_initialize`): every process builds the
 same host values (same seeds); `put` turns them into global arrays with
@@ -32,7 +32,7 @@ same host values (same seeds); `put` turns them into global arrays with
 Example::
 
   mesh = make_mesh()
-  run = make_sharded_run_steps(step_fn, distill_config, 10, mesh)
+  run = execution.make_run_steps(step_fn, distill_config, 10, mesh=mesh).run
   state = shard_state(state, mesh)
   pool, data = replicate(pool, mesh), replicate(data, mesh)
   state, metrics = run(state, pool, data)
@@ -40,18 +40,13 @@ Example::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-from ncfm_jax.data import sampling
-
-if TYPE_CHECKING:  # distill imports train, which may import this module
-  from ncfm_jax import distill as distill_lib
 
 DATA_AXIS = "data"
 """Name of the mesh's only axis."""
@@ -138,9 +133,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return put(tree, replicated(mesh))
 
 
-def state_shardings(state: distill_lib.DistillState, mesh: Mesh,
-                    class_sharded: bool = False) -> distill_lib.DistillState:
-  """A DistillState of NamedShardings.
+def state_shardings(state, mesh: Mesh, class_sharded: bool = False):
+  """A `distill.DistillState` of NamedShardings for `state`.
 
   Replicated everywhere, except with ``class_sharded`` the synthetic images
   ``[C, ipc, H, W, Ch]`` and the image optimizer leaves of that same shape (the
@@ -159,9 +153,8 @@ def state_shardings(state: distill_lib.DistillState, mesh: Mesh,
   return shardings._replace(syn_images=by_class, image_opt_state=image_opt)
 
 
-def shard_state(state: distill_lib.DistillState, mesh: Mesh,
-                class_sharded: bool = False) -> distill_lib.DistillState:
-  """Places a DistillState on ``mesh`` (see `state_shardings`)."""
+def shard_state(state, mesh: Mesh, class_sharded: bool = False):
+  """Places a `distill.DistillState` on ``mesh`` (see `state_shardings`)."""
   return put(state, state_shardings(state, mesh, class_sharded))
 
 
@@ -196,10 +189,9 @@ def constrain_real_batch(distill_step: Callable, mesh: Mesh) -> Callable:
 
   The constraint makes XLA partition the sampling gather, the real forward pass
   and the NCFD's means over ``B``; everything else follows by propagation. The
-  real forward stays split only if the step flattens ``[C, B]`` B-major before
-  the model (`distill.make_distill_step`'s ``embed(..., batch_major=True)``);
-  a C-major flatten of a B-split batch makes XLA all-gather it (same result,
-  no speed-up).
+  real forward stays split because `distill.make_distill_step` flattens
+  ``[B, C]`` (B-major) before the model; a C-major flatten of a B-split batch
+  makes XLA all-gather it (same result, no speed-up).
   """
   batch_sharding = real_batch_sharding(mesh)
 
@@ -207,63 +199,7 @@ def constrain_real_batch(distill_step: Callable, mesh: Mesh) -> Callable:
     real_batch = jax.lax.with_sharding_constraint(real_batch, batch_sharding)
     return distill_step(state, pool, real_batch)
 
-  if hasattr(distill_step, "evaluate"):
-    def evaluate(state, pool, real_batch):
-      return distill_step.evaluate(
-          state, pool, jax.lax.with_sharding_constraint(real_batch, batch_sharding))
-    step.evaluate = evaluate
   return step
-
-
-def make_sharded_run_steps(distill_step: Callable, distill_config, num_steps: int,
-                           mesh: Mesh, class_sharded: bool = False) -> Callable:
-  """Sharded counterpart of `distill.make_run_steps`.
-
-  Returns ``run(state, pool, source) -> (state, metrics [num_steps])`` with the
-  same semantics: ``source`` is a ``ClassIndexedData`` (sampled on the devices,
-  replicated) or a uint8 ``[num_steps, C, B, H, W, Ch]`` array of streamed
-  batches (split along ``B``). ``state`` comes back with the shardings
-  of `state_shardings`, metrics replicated. Inputs placed with `shard_state` /
-  `replicate` avoid a copy; others are moved by `jax.jit`. The state is donated.
-
-  Raises:
-    ValueError: ``distill_config.batch_real`` not divisible by the device
-      count, or (class sharded) the class count not divisible (checked at the
-      first call).
-  """
-  from ncfm_jax import distill as distill_lib  # pylint: disable=g-import-not-at-top
-  check_divisible(mesh, batch_real=int(distill_config.batch_real))
-  inner = distill_lib.make_run_steps(
-      constrain_real_batch(distill_step, mesh), distill_config, num_steps)
-  use_scan = distill_lib.resolve_use_scan(distill_config.use_scan)
-  rep = replicated(mesh)
-  cache: dict[str, Callable] = {}
-
-  def jitted(state, source):
-    indexed = isinstance(source, sampling.ClassIndexedData)
-    kind = "indexed" if indexed else "streamed"
-    if kind not in cache:
-      state_sh = state_shardings(state, mesh, class_sharded)
-      if indexed:
-        source_sh = rep
-      else:
-        # A scan consumes [T, C, B, ...]; the Python loop feeds one [C, B, ...].
-        source_sh = real_batch_sharding(mesh, 1 if use_scan else 0)
-      fn = inner if use_scan else inner.jitted_step
-      cache[kind] = jax.jit(fn, in_shardings=(state_sh, rep, source_sh),
-                            out_shardings=(state_sh, rep), donate_argnums=(0,))
-    return cache[kind]
-
-  def run(state, pool, source):
-    if class_sharded:
-      check_divisible(mesh, num_classes=int(state.syn_images.shape[0]), class_sharded=True)
-    fn = jitted(state, source)
-    if use_scan:
-      return fn(state, pool, source)
-    return distill_lib.loop_steps(fn, state, pool, source, num_steps)
-
-  run.jitted = jitted  # (state, source) -> the jitted function (for cost analysis)
-  return run
 
 
 def put_streamed(batches, mesh: Mesh) -> jax.Array:
@@ -285,19 +221,15 @@ def shard_batch_axis(x, mesh: Mesh, axis: int = 0) -> jax.Array:
   return put(x, batch_axis_sharding(mesh, np.ndim(x), axis))
 
 
-def constrain_batch_axis(x: jax.Array, mesh: Mesh, axis: int = 0) -> jax.Array:
-  """Inside a jitted function: ``x`` split along ``axis`` (e.g. a gathered batch ``[B, ...]``)."""
-  return jax.lax.with_sharding_constraint(x, batch_axis_sharding(mesh, x.ndim, axis))
-
-
 def data_parallel_train_chunk(chunk_fn: Callable, mesh: Mesh,
                               batch_size: int | None = None, *,
                               batch_axis: int = 1) -> Callable:
   """A `train.make_train_chunk` chunk (or its single step), data parallel on ``mesh``.
 
-  ``fn(state, images, targets, batch_idx, keys) -> (state, losses)`` with
-  ``batch_idx`` ``[S, B]`` (a chunk, ``batch_axis=1``) or ``[B]`` (one step,
-  ``batch_axis=0``): the training state, images, targets and keys replicated,
+  ``fn(state, images, targets, batch_idx, keys, teacher_variables) -> (state, losses)``
+  with ``batch_idx`` ``[S, B]`` (a chunk, ``batch_axis=1``) or ``[B]`` (one step,
+  ``batch_axis=0``): the training state, images, targets, keys and the soft-label
+  teacher's variables (None without one) replicated,
   ``batch_idx`` split along ``B``, so the gathered batch, its forward/backward
   and the batch-norm statistics are split (XLA all-reduces the means: the same
   step as on one device); outputs replicated. The state is donated.
@@ -309,5 +241,6 @@ def data_parallel_train_chunk(chunk_fn: Callable, mesh: Mesh,
   rep = replicated(mesh)
   return jax.jit(chunk_fn,
                  in_shardings=(rep, rep, rep,
-                               batch_axis_sharding(mesh, batch_axis + 1, batch_axis), rep),
+                               batch_axis_sharding(mesh, batch_axis + 1, batch_axis), rep,
+                               rep),
                  out_shardings=(rep, rep), donate_argnums=(0,))

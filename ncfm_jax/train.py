@@ -1,6 +1,6 @@
 """Training a classifier from scratch: shared by pretraining the pool and evaluation.
 
-Both phases train the same way (DESIGN.md sections 7 and 8): per-sample DSA
+Both phases train the same way (docs/design.md sections 7 and 8): per-sample DSA
 augmentation, CutMix, soft or one-hot targets, a multi-step learning-rate decay
 (x0.5 at each fifth of training). Steps run in chunks: `lax.scan` over
 `steps_per_call` steps per host call, batch indices prepared on the host from one
@@ -9,7 +9,8 @@ permutation per epoch (a few KB per call; images stay on the device).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,9 @@ import numpy as np
 import optax
 
 from ncfm_jax import augment as augment_lib
+from ncfm_jax import execution
 from ncfm_jax import sharding
+from ncfm_jax.augment import normalize
 from ncfm_jax.progress import Progress
 
 
@@ -26,15 +29,6 @@ class TrainState(NamedTuple):
   params: Any
   batch_stats: Any  # {} for models without batch norm
   opt_state: Any
-
-
-def normalize(images: jax.Array, mean, std) -> jax.Array:
-  """uint8 `[..., H, W, C]` or float in [0, 1] -> normalised float32."""
-  if images.dtype == jnp.uint8:
-    images = images.astype(jnp.float32) / 255.0
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
-  return (images - mean) / std
 
 
 def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation:
@@ -72,15 +66,21 @@ def _apply_train(model, params, batch_stats, images):
   return logits, batch_stats
 
 
-def make_train_chunk(model, tx, train_config, mean, std,
-                     teacher: Callable[[jax.Array], jax.Array] | None = None,
+class Teacher(NamedTuple):
+  """A soft-label teacher: `model` in inference mode with `variables`."""
+  model: Any
+  variables: Any
+
+
+def make_train_chunk(model, tx, train_config, mean, std, teacher: Teacher | None = None,
                      mesh=None):
   """Builds `chunk(state, images, targets, batch_idx [S, B], keys [S]) -> (state, losses [S])`.
 
   `images` uint8 or float in [0, 1] `[N, H, W, C]`, `targets` `[N, K]` (one-hot
-  or soft). `teacher(normalised images) -> logits`, when given, replaces the
-  targets by its softmax at `train_config.soft_label_temperature` on the very
-  batch the student sees (after augmentation and CutMix).
+  or soft). A `teacher`, when given, replaces the targets by its softmax at
+  `train_config.soft_label_temperature` on the very batch the student sees
+  (after augmentation and CutMix); its variables are an argument of the jitted
+  step, not constants baked into it.
 
   With a `mesh` the steps are data parallel (`sharding.data_parallel_train_chunk`):
   `batch_idx` split along B over the devices, everything else replicated; the
@@ -91,7 +91,7 @@ def make_train_chunk(model, tx, train_config, mean, std,
   strategy = train_config.augment
   temperature = float(train_config.get("soft_label_temperature", 1.0))
 
-  def step(state: TrainState, images, targets, idx, key):
+  def step(state: TrainState, images, targets, idx, key, teacher_variables):
     k_aug, k_mix = jax.random.split(key)
     x = normalize(images[idx], mean, std)
     y = targets[idx]
@@ -99,7 +99,8 @@ def make_train_chunk(model, tx, train_config, mean, std,
     x, y = augment_lib.cutmix(k_mix, x, y, prob=train_config.cutmix_prob,
                               beta=train_config.cutmix_beta)
     if teacher is not None:
-      y = jax.nn.softmax(jax.lax.stop_gradient(teacher(x)) / temperature)
+      logits = teacher.model.apply(teacher_variables, x, train=False)[1]
+      y = jax.nn.softmax(jax.lax.stop_gradient(logits) / temperature)
 
     def loss_fn(params):
       logits, new_stats = _apply_train(model, params, state.batch_stats, x)
@@ -122,32 +123,29 @@ def make_train_chunk(model, tx, train_config, mean, std,
       return jax.jit(fn, donate_argnums=(0,))
     return sharding.data_parallel_train_chunk(fn, mesh, batch_axis=batch_axis)
 
-  if resolve_use_scan(train_config.get("use_scan", None)):
-    def chunk(state, images, targets, batch_idx, keys):
+  teacher_variables = teacher.variables if teacher is not None else None
+  if mesh is not None and teacher is not None:  # read inside the data-parallel step
+    teacher_variables = sharding.replicate(sharding.to_host(teacher_variables), mesh)
+
+  if execution.resolve_use_scan(train_config.get("use_scan", None)):
+    def chunk(state, images, targets, batch_idx, keys, teacher_variables):
       def body(carry, xs):
-        return step(carry, images, targets, *xs)
+        return step(carry, images, targets, *xs, teacher_variables)
       return jax.lax.scan(body, state, (batch_idx, keys))
     jitted_chunk = compile_(chunk, batch_axis=1)
     return lambda state, images, targets, batch_idx, keys: jitted_chunk(
-        state, images, targets, place(batch_idx, 1), keys)
+        state, images, targets, place(batch_idx, 1), keys, teacher_variables)
 
   jitted_step = compile_(step, batch_axis=0)
 
   def loop(state, images, targets, batch_idx, keys):
     losses = []
     for idx, key in zip(batch_idx, keys):
-      state, loss = jitted_step(state, images, targets, place(idx, 0), key)
+      state, loss = jitted_step(state, images, targets, place(idx, 0), key,
+                                teacher_variables)
       losses.append(loss)
     return state, jnp.stack(losses)
   return loop
-
-
-def resolve_use_scan(use_scan: bool | None) -> bool:
-  """None -> `lax.scan` on accelerators, a Python loop of jitted steps on CPU,
-  where a ConvNet inside `lax.scan` measured 5-25x slower (DESIGN.md section 9)."""
-  if use_scan is None:
-    return jax.default_backend() != "cpu"
-  return bool(use_scan)
 
 
 def epoch_batches(rng: np.random.Generator, num_examples: int, batch_size: int,
@@ -163,7 +161,7 @@ def epoch_batches(rng: np.random.Generator, num_examples: int, batch_size: int,
 
 
 def train_classifier(key: jax.Array, model, images, targets, train_config, *,
-                     num_steps: int, mean, std, teacher=None,
+                     num_steps: int, mean, std, teacher: Teacher | None = None,
                      desc: str = "train", init_variables_=None,
                      log_every_seconds: float = 10.0, mesh=None):
   """Trains `model` from scratch on (`images`, `targets`); returns Flax variables.
@@ -220,25 +218,20 @@ def train_classifier(key: jax.Array, model, images, targets, train_config, *,
   return sharding.to_host(out) if mesh is not None else out
 
 
-def make_logits_fn(model, variables, mean, std):
-  """Jitted `normalised images -> logits` in inference mode (teacher, calibration)."""
-  @jax.jit
-  def logits_fn(x):
-    return model.apply(variables, x, train=False)[1]
-  return logits_fn
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(model, variables, images, mean, std):
+  """Class predictions `[B]` for uint8 `images` `[B, H, W, C]`: one compiled function
+  per architecture and image shape, the weights an argument (not constants)."""
+  logits = model.apply(variables, normalize(images, mean, std), train=False)[1]
+  return jnp.argmax(logits, axis=-1)
 
 
 def accuracy(model, variables, images, labels, mean, std,
              batch_size: int = 1000) -> float:
   """Top-1 accuracy in percent of `model` on uint8 `images` `[N, H, W, C]`."""
-
-  @jax.jit
-  def predict(batch):
-    return jnp.argmax(model.apply(variables, normalize(batch, mean, std),
-                                  train=False)[1], axis=-1)
-
   images = np.asarray(images)
   labels = np.asarray(labels)
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
   num = images.shape[0]
   correct = 0
   for start in range(0, num, batch_size):
@@ -246,6 +239,6 @@ def accuracy(model, variables, images, labels, mean, std,
     pad = batch_size - batch.shape[0]
     if pad:  # one compiled shape for every batch
       batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
-    pred = np.asarray(predict(jnp.asarray(batch)))[:batch_size - pad]
+    pred = np.asarray(_predict(model, variables, batch, mean, std))[:batch_size - pad]
     correct += int((pred == labels[start:start + batch_size]).sum())
   return 100.0 * correct / num

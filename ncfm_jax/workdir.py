@@ -4,8 +4,8 @@ Layout of a workdir:
   config.json        the result-defining part of the config (a guard: another
                      config in the same workdir is refused, nothing overwritten)
   pool/              Orbax checkpoints, one step per pool member {init, trained}
-  distill_ckpt/      Orbax checkpoints of the distillation state
-  distill_history.json  per-step loss curves (rewritten at each checkpoint)
+  distill_ckpt/      Orbax checkpoints: the distillation state and its per-step
+                     loss history, one composite item per kept step
   init.npz           the synthetic set as initialised (baseline `init`)
   distilled.npz      stored images, decoded images (uint8), labels, class names
   distilled.png      one row per class;  loss.png: loss curves
@@ -20,21 +20,25 @@ import tempfile
 
 import numpy as np
 
+import jax.numpy as jnp
+
 from ncfm_jax import config_lib
 from ncfm_jax import distributed
+from ncfm_jax import parameterize
+from ncfm_jax.errors import InputError
 
 # Knobs that change how a run executes, not what it computes: they may differ
 # between invocations on the same workdir.
 RUNTIME_KEYS = frozenset({
     "data.device_limit_mb", "data.data_dir",
     "distill.steps_per_call", "distill.use_scan", "distill.unroll",
-    "distill.checkpoint_every", "distill.keep_checkpoints", "distill.log_every",
+    "distill.checkpoint_every", "distill.keep_checkpoints",
     "distill.class_sharded",
     "pretrain.steps_per_call",
 })
 
 
-class WorkdirError(ValueError):
+class WorkdirError(InputError):
   """The workdir cannot be used with this config (nothing was changed)."""
 
 
@@ -97,6 +101,9 @@ def check_config(workdir: str, config) -> bool:
   except (OSError, json.JSONDecodeError) as err:
     raise WorkdirError(f"{path} is unreadable ({err}); use another --workdir") from err
   wanted = result_defining(config)
+  # A field added since the workdir was written counts as its default there.
+  defaults = result_defining(config_lib.base_config())
+  stored = {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
   diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
   if diff:
     shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff[:4])
@@ -192,3 +199,19 @@ def save_loss_plot(path: str, history: dict) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def save_distilled(workdir: str, syn_images: np.ndarray, factor: int, class_names,
+                   history: dict) -> None:
+  """distilled.npz (stored and decoded images, labels, class names), distilled.png
+  and loss.png from the stored synthetic images `[C, ipc, H, W, Ch]` in [0, 1]."""
+  classes = syn_images.shape[0]
+  decoded = np.asarray(parameterize.decode(
+      jnp.asarray(syn_images.reshape((-1,) + syn_images.shape[2:])), factor))
+  labels = np.repeat(np.arange(classes), decoded.shape[0] // classes)
+  save_npz(os.path.join(workdir, "distilled.npz"), images=syn_images,
+           decoded=to_uint8(decoded), labels=labels, class_names=np.asarray(class_names))
+  save_image_grid(os.path.join(workdir, "distilled.png"),
+                  decoded.reshape((classes, -1) + decoded.shape[1:]))
+  if history["loss"]:
+    save_loss_plot(os.path.join(workdir, "loss.png"), history)

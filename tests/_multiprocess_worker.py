@@ -33,6 +33,7 @@ def _manager(out_dir: str) -> ocp.CheckpointManager:
 def sharded(out_dir: str) -> None:
   assert distributed.maybe_initialize(), "expected NCFM_* variables of a 2-process launch"
   import _sharding_common as common  # after initialize: it touches the backend
+  from ncfm_jax import execution
   from ncfm_jax import sharding
   assert jax.process_count() == 2 and jax.device_count() == 2, distributed.describe()
 
@@ -46,7 +47,7 @@ def sharded(out_dir: str) -> None:
   out["cs_roundtrip_images"] = sharding.to_host(placed).syn_images
   out["initial_images"] = np.asarray(state.syn_images)
 
-  run = sharding.make_sharded_run_steps(step, cfg, NUM_STEPS, mesh)
+  run = execution.make_run_steps(step, cfg, NUM_STEPS, mesh=mesh).run
   new_state, metrics = run(sharding.shard_state(state, mesh), sharding.replicate(pool, mesh),
                            sharding.replicate(data, mesh))
   out.update(common.results("dp_", sharding.to_host(new_state), sharding.to_host(metrics)))
@@ -62,10 +63,11 @@ def sharded(out_dir: str) -> None:
 def single(out_dir: str) -> None:
   import _sharding_common as common
   from ncfm_jax import distill
+  from ncfm_jax import execution
   assert jax.process_count() == 1
   cfg = common.config()
   state, pool, data, step = common.setup(cfg)
-  run = distill.make_run_steps(step, cfg, NUM_STEPS)
+  run = execution.make_run_steps(step, cfg, NUM_STEPS).run
   copy = lambda tree: jax.tree.map(jnp.array, tree)
   out = {}
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

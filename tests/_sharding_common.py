@@ -48,7 +48,7 @@ def setup(cfg):
                    for c in range(CLASSES)]).astype(np.uint8)
   data = sampling.make_class_indexed(real.reshape(-1, SIZE, SIZE, 1),
                                      np.repeat(np.arange(CLASSES), PER_CLASS), CLASSES)
-  step = distill.make_distill_step(model, cfg, MEAN, STD, feature_dim)
+  step = distill.make_distill_step(model, cfg, MEAN, STD, feature_dim).step
   return state, pool, data, step
 
 

@@ -1,7 +1,7 @@
 """Worker for tests/test_sharding.py: `python tests/_sharding_worker.py OUT.npz`.
 
 Run with XLA_FLAGS=--xla_force_host_platform_device_count=4. Runs the same two
-steps single-device (`distill.make_run_steps`), data parallel and class
+steps single-device (`execution.make_run_steps`), data parallel and class
 sharded on a 4-device mesh, and saves images, psi, losses, the per-device
 convolution batch sizes of the compiled sharded steps and the messages of the
 divisibility errors; plus the parameters of a tiny classifier trained 3 steps
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import _sharding_common as common
-from ncfm_jax import distill
+from ncfm_jax import execution
 from ncfm_jax import sharding
 
 NUM_STEPS = 2
@@ -35,23 +35,25 @@ def main(out_path: str) -> None:
   state, pool, data, step = common.setup(cfg)
   copy = lambda tree: jax.tree.map(jnp.array, tree)
   out = {}
-  ref_state, ref_metrics = distill.make_run_steps(step, cfg, NUM_STEPS)(copy(state), pool, data)
+  ref_state, ref_metrics = execution.make_run_steps(step, cfg, NUM_STEPS).run(
+      copy(state), pool, data)
   out.update(common.results("single_", ref_state, ref_metrics))
 
   mesh = sharding.make_mesh()
   for name, class_sharded in (("dp_", False), ("cs_", True)):
-    run = sharding.make_sharded_run_steps(step, cfg, NUM_STEPS, mesh, class_sharded)
+    run_steps = execution.make_run_steps(step, cfg, NUM_STEPS, mesh=mesh,
+                                         class_sharded=class_sharded)
     s0 = sharding.shard_state(copy(state), mesh, class_sharded)
     pool_r, data_r = sharding.replicate(pool, mesh), sharding.replicate(data, mesh)
-    text = run.jitted(s0, data_r).lower(s0, pool_r, data_r).compile().as_text()
-    new_state, metrics = run(s0, pool_r, data_r)
+    text = run_steps.jitted(s0, data_r).lower(s0, pool_r, data_r).compile().as_text()
+    new_state, metrics = run_steps.run(s0, pool_r, data_r)
     out.update(common.results(name, sharding.to_host(new_state), metrics))
     out[name + "conv_batches"] = np.asarray(_conv_batches(text))
     out[name + "images_spec"] = np.asarray(str(new_state.syn_images.sharding.spec))
     mu = new_state.image_opt_state[0][0].mu
     out[name + "mu_spec"] = np.asarray(str(mu.sharding.spec))
   try:
-    sharding.make_sharded_run_steps(step, common.config(batch_real=6), NUM_STEPS, mesh)
+    execution.make_run_steps(step, common.config(batch_real=6), NUM_STEPS, mesh=mesh)
   except ValueError as err:
     out["error_batch"] = np.asarray(str(err))
   try:

@@ -7,6 +7,7 @@ import pytest
 
 from ncfm_jax import config_lib
 from ncfm_jax import distill
+from ncfm_jax import execution
 from ncfm_jax import models
 from ncfm_jax import train as train_lib
 from ncfm_jax.data import sampling
@@ -52,7 +53,7 @@ def _setup(**overrides):
 def test_step_updates_images_in_range_and_jits_once():
   config, state, pool, data, step = _setup()
   batch = sampling.sample_class_batches(jax.random.PRNGKey(1), data, config.batch_real)
-  jitted = jax.jit(step)
+  jitted = jax.jit(step.step)
   for _ in range(3):
     new_state, metrics = jitted(state, pool, batch)
     state = new_state
@@ -68,7 +69,7 @@ def test_psi_ascends_and_images_descend_the_same_loss():
   evaluate = jax.jit(step.evaluate)
   for _ in range(3):
     before = float(evaluate(state, pool, batch)[0])
-    new_state, _ = jax.jit(step)(state, pool, batch)
+    new_state, _ = jax.jit(step.step)(state, pool, batch)
     # Same step (same randomness), one player moved at a time.
     psi_moved = state._replace(psi_params=new_state.psi_params)
     images_moved = state._replace(syn_images=new_state.syn_images)
@@ -82,15 +83,15 @@ def test_variants_without_psi_leave_no_psi_state(overrides):
   config, state, pool, data, step = _setup(**overrides)
   assert state.psi_params == {}
   batch = sampling.sample_class_batches(jax.random.PRNGKey(1), data, config.batch_real)
-  new_state, metrics = jax.jit(step)(state, pool, batch)
+  new_state, metrics = jax.jit(step.step)(state, pool, batch)
   assert np.isfinite(float(metrics["loss"]))
   assert not np.allclose(new_state.syn_images, state.syn_images)
 
 
 def test_scan_and_python_loop_agree():
   _, state, pool, data, step = _setup()
-  scanned = distill.make_run_steps(step, _config(use_scan=True), 2)
-  looped = distill.make_run_steps(step, _config(use_scan=False), 2)
+  scanned = execution.make_run_steps(step.step, _config(use_scan=True), 2).run
+  looped = execution.make_run_steps(step.step, _config(use_scan=False), 2).run
   copy = lambda s: jax.tree.map(jnp.array, s)
   s_scan, m_scan = scanned(copy(state), pool, data)
   s_loop, m_loop = looped(copy(state), pool, data)
@@ -104,22 +105,22 @@ def test_chunked_forward_passes_match_one_batch(chunks):
   _, state, pool, data, step = _setup(real_chunk=0, syn_chunk=0)
   _, _, _, _, chunked_step = _setup(**chunks)
   batch = sampling.sample_class_batches(jax.random.PRNGKey(3), data, 8)
-  reference, reference_metrics = jax.jit(step)(state, pool, batch)
+  reference, reference_metrics = jax.jit(step.step)(state, pool, batch)
   _, state, _, _, _ = _setup()  # the step donates nothing here, but start afresh
-  chunked, chunked_metrics = jax.jit(chunked_step)(state, pool, batch)
+  chunked, chunked_metrics = jax.jit(chunked_step.step)(state, pool, batch)
   np.testing.assert_allclose(chunked_metrics["loss"], reference_metrics["loss"], rtol=1e-5)
   np.testing.assert_allclose(chunked.syn_images, reference.syn_images, atol=1e-6)
 
 
 def test_pass_size_defaults():
   # Explicit values pass through; on CPU about 128 CIFAR-sized images per pass.
-  assert distill.resolve_syn_chunk(5, 40, 10, 1024) == 5
-  assert distill.resolve_real_chunk(4, 256, 10, 1024) == 4
+  assert execution.resolve_syn_chunk(5, 40, 10, 1024) == 5
+  assert execution.resolve_real_chunk(4, 256, 10, 1024) == 4
   if jax.default_backend() == "cpu":
-    assert distill.resolve_syn_chunk(None, 40, 10, 32 * 32) == 10  # cifar10 ipc 10: 4 x 100
-    assert distill.resolve_syn_chunk(None, 8, 3, 16 * 16) == 8  # tiny: one pass
+    assert execution.resolve_syn_chunk(None, 40, 10, 32 * 32) == 10  # cifar10 ipc 10: 4 x 100
+    assert execution.resolve_syn_chunk(None, 8, 3, 16 * 16) == 8  # tiny: one pass
     # cifar100 ipc 50: at most 8 unrolled passes, or 200 of 100 images in a loop.
-    assert distill.resolve_syn_chunk(None, 200, 100, 1024) == 25
-    assert distill.resolve_syn_chunk(None, 200, 100, 1024, max_passes=200) == 1
-    assert distill.resolve_real_chunk(None, 256, 10, 32 * 32) == 8
-    assert distill.resolve_real_chunk(None, 128, 10, 128 * 128) == 1  # imagenette
+    assert execution.resolve_syn_chunk(None, 200, 100, 1024) == 25
+    assert execution.resolve_syn_chunk(None, 200, 100, 1024, max_passes=200) == 1
+    assert execution.resolve_real_chunk(None, 256, 10, 32 * 32) == 8
+    assert execution.resolve_real_chunk(None, 128, 10, 128 * 128) == 1  # imagenette

@@ -47,11 +47,9 @@ def test_class_sharded_step_splits_every_convolution(four_devices):
 
 
 def test_data_parallel_step_splits_the_real_forward(four_devices):
+  # Real images split along B (the step flattens [B, C] B-major); the replicated
+  # synthetic set is not.
   batches = four_devices["dp_conv_batches"].tolist()
-  if min(batches) == CLASSES * BATCH_REAL:
-    pytest.xfail("distill.make_distill_step flattens the real batch class-major, so XLA "
-                 "all-gathers a batch split along B (see sharding.constrain_real_batch)")
-  # Real images split; the replicated synthetic set is not.
   assert batches == [CLASSES * BATCH_REAL // DEVICES, CLASSES * BATCH_REAL]
 
 

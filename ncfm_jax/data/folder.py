@@ -19,6 +19,7 @@ import numpy as np
 
 from ncfm_jax.data import images as images_lib
 from ncfm_jax.data import selection as selection_lib
+from ncfm_jax.errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 TRAIN_SPLIT = "train"
@@ -40,12 +41,12 @@ def find_test_split_dir(root: Path, test_split: str | None) -> Path:
   else:
     names = tuple(name for name in TEST_SPLITS if (root / name).is_dir())
     if len(names) > 1:
-      raise ValueError(
+      raise InputError(
           f"{root} has both test/ and val/; set data.test_split to the labelled one")
     if not names:
-      raise ValueError(f"{root} has no test/ or val/ split directory")
+      raise InputError(f"{root} has no test/ or val/ split directory")
   if not (root / names[0]).is_dir():
-    raise ValueError(f"test split directory {root / names[0]} does not exist")
+    raise InputError(f"test split directory {root / names[0]} does not exist")
   return root / names[0]
 
 
@@ -59,7 +60,7 @@ def _class_files(class_dir: Path) -> list[Path]:
   files = sorted(p for p in class_dir.rglob("*")
                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
   if not files:
-    raise ValueError(
+    raise InputError(
         f"class directory {class_dir} is empty (no {'/'.join(IMAGE_SUFFIXES)} images)")
   return files
 
@@ -80,11 +81,11 @@ def folder_classes(train_dir: Path, test_dir: Path,
   """The class names of both splits, checked to agree (and with ``class_order``)."""
   train_classes, test_classes = _class_dirs(train_dir), _class_dirs(test_dir)
   if not train_classes:
-    raise ValueError(f"{train_dir} has no class sub-directories")
+    raise InputError(f"{train_dir} has no class sub-directories")
   if set(train_classes) != set(test_classes):
     only_train = sorted(set(train_classes) - set(test_classes))
     only_test = sorted(set(test_classes) - set(train_classes))
-    raise ValueError(
+    raise InputError(
         f"class directories differ between {train_dir} and {test_dir}: only in "
         f"{train_dir.name}: {only_train[:5]}, only in {test_dir.name}: {only_test[:5]}")
   if class_order is None:
@@ -92,7 +93,7 @@ def folder_classes(train_dir: Path, test_dir: Path,
   if set(class_order) != set(train_classes):
     missing = sorted(set(class_order) - set(train_classes))
     extra = sorted(set(train_classes) - set(class_order))
-    raise ValueError(
+    raise InputError(
         f"{train_dir}: class directories do not match the expected classes: "
         f"missing {missing[:5]}, unexpected {extra[:5]}")
   return tuple(class_order)
@@ -106,7 +107,7 @@ def _decode_files(files: Sequence[Path], *, image_size: int | None, channels: in
     first = decoded[0].shape
     for path, image in zip(files, decoded):
       if image.shape != first:
-        raise ValueError(
+        raise InputError(
             f"{path}: image size {image.shape[:2]} differs from {files[0]} "
             f"{first[:2]}; set data.image_size to resize")
   if not decoded:

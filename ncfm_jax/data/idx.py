@@ -21,6 +21,8 @@ from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
+from ncfm_jax.errors import InputError
+
 _UBYTE = 0x08
 _GZIP_MAGIC = b"\x1f\x8b"
 # (split prefix in the file names, kind, number of dimensions)
@@ -83,25 +85,25 @@ def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
     with _open(path) as f:
       magic = f.read(4)
       if len(magic) < 4:
-        raise ValueError(f"{path}: truncated IDX file ({len(magic)} bytes, no header)")
+        raise InputError(f"{path}: truncated IDX file ({len(magic)} bytes, no header)")
       if magic != expected_magic:
-        raise ValueError(
+        raise InputError(
             f"{path}: bad IDX magic number 0x{magic.hex()}, expected "
             f"0x{expected_magic.hex()} (unsigned byte, {ndim} dimensions)")
       raw_dims = f.read(4 * ndim)
       if len(raw_dims) < 4 * ndim:
-        raise ValueError(f"{path}: truncated IDX header")
+        raise InputError(f"{path}: truncated IDX header")
       dims = tuple(int(d) for d in np.frombuffer(raw_dims, ">u4"))
       out = np.empty(dims, np.uint8)
       filled = _read_into(f, out)
       if filled < out.size:
-        raise ValueError(
+        raise InputError(
             f"{path}: truncated IDX file: header says {dims} ({out.size} bytes of data), "
             f"file has {filled}")
       if f.read(1):
-        raise ValueError(f"{path}: unexpected trailing bytes after IDX data {dims}")
+        raise InputError(f"{path}: unexpected trailing bytes after IDX data {dims}")
   except (EOFError, gzip.BadGzipFile, zlib.error) as err:
-    raise ValueError(f"{path}: corrupt or truncated gzip stream ({err})") from err
+    raise InputError(f"{path}: corrupt or truncated gzip stream ({err})") from err
   return out
 
 
@@ -128,11 +130,11 @@ def _read_split(images_path: Path, labels_path: Path,
   images = read_idx(images_path, ndim=3)
   labels = read_idx(labels_path, ndim=1)
   if images.shape[0] != labels.shape[0]:
-    raise ValueError(
+    raise InputError(
         f"{images_path}: {images.shape[0]} images but {labels_path} has "
         f"{labels.shape[0]} labels")
   if num_classes is not None and labels.size and labels.max() >= num_classes:
-    raise ValueError(
+    raise InputError(
         f"{labels_path}: label {int(labels.max())} out of range [0, {num_classes})")
   return images[..., None], labels.astype(np.int32)
 

@@ -16,6 +16,8 @@ from concurrent import futures
 import numpy as np
 from PIL import Image
 
+from ncfm_jax.errors import InputError
+
 # PIL mode for each channel count of a uint8 [H, W, C] image.
 _MODE_FOR_CHANNELS = {1: "L", 3: "RGB"}
 
@@ -87,7 +89,7 @@ def decode_image(data: bytes | str | os.PathLike, *, channels: int,
         image.draft(None, (size, size))
       image = image.convert(mode)
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-    raise ValueError(f"cannot decode image {name}: {err}") from err
+    raise InputError(f"cannot decode image {name}: {err}") from err
   if size is not None:
     image = _fit(image, size)
   return _to_array(image)

@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ncfm_jax.errors import InputError
+
 
 class Selection(NamedTuple):
   """Which examples to keep (``None`` everywhere keeps everything).
@@ -36,25 +38,25 @@ def resolve_classes(classes: Sequence[int] | None, num_classes: int,
     return tuple(range(num_classes))
   kept = tuple(int(c) for c in classes)
   if not kept:
-    raise ValueError(f"{dataset}: data.classes is empty; give at least one class index")
+    raise InputError(f"{dataset}: data.classes is empty; give at least one class index")
   bad = [c for c in kept if not 0 <= c < num_classes]
   if bad:
-    raise ValueError(
+    raise InputError(
         f"{dataset}: data.classes {bad} out of range [0, {num_classes})")
   if len(set(kept)) != len(kept):
-    raise ValueError(f"{dataset}: data.classes {list(kept)} has duplicates")
+    raise InputError(f"{dataset}: data.classes {list(kept)} has duplicates")
   return kept
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
   """Raises if ``labels`` is not 1-d integer with every value in ``[0, num_classes)``."""
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-    raise ValueError(
+    raise InputError(
         f"{where}: labels must be a 1-d integer array, got {labels.dtype} {labels.shape}")
   if labels.size:
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:
-      raise ValueError(
+      raise InputError(
           f"{where}: label values [{low}, {high}] out of range [0, {num_classes})")
 
 

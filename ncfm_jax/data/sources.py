@@ -41,6 +41,7 @@ from ncfm_jax.data import folder as folder_lib
 from ncfm_jax.data import idx as idx_lib
 from ncfm_jax.data import images as images_lib
 from ncfm_jax.data import selection as selection_lib
+from ncfm_jax.errors import DataNotFoundError, InputError
 
 SOURCES = ("auto", "tfds", "idx", "folder")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -134,7 +135,7 @@ def imagenet_subset_wnids(subset: str) -> tuple[str, ...]:
   """The WordNet ids of an ImageNet subset (package data), in label order."""
   resource = importlib.resources.files("ncfm_jax.data") / "imagenet_subsets" / f"{subset}.txt"
   if not resource.is_file():
-    raise ValueError(f"no ImageNet subset list '{subset}'")
+    raise InputError(f"no ImageNet subset list '{subset}'")
   return tuple(line.strip() for line in resource.read_text().splitlines() if line.strip())
 
 
@@ -154,19 +155,19 @@ def _positive_or_none(value: Any, field: str) -> int | None:
   if value is None:
     return None
   if int(value) != value or value < 1:
-    raise ValueError(f"data.{field} must be a positive integer or None, got {value!r}")
+    raise InputError(f"data.{field} must be a positive integer or None, got {value!r}")
   return int(value)
 
 
 def _options(data_config: Mapping[str, Any]) -> _Options:
   get = data_config.get
   if not get("name"):
-    raise ValueError("data.name is required (e.g. 'cifar10', 'fashion_mnist')")
+    raise InputError("data.name is required (e.g. 'cifar10', 'fashion_mnist')")
   name = str(get("name")).lower()
   name = ALIASES.get(name, name)
   source = get("source") or "auto"
   if source not in SOURCES:
-    raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
+    raise InputError(f"data.source must be one of {SOURCES}, got {source!r}")
   classes = get("classes")
   data_dir = get("data_dir")
   return _Options(
@@ -215,7 +216,7 @@ def _load_idx(opts: _Options, spec: DatasetSpec | None):
   if files is None:
     hint = (" (Debian: apt-get install dataset-fashion-mnist)"
             if opts.name == "fashion_mnist" else "")
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"{opts.name}: no IDX files (train-images-idx3-ubyte[.gz], ...) in "
         f"{_idx_dirs(opts) or 'any directory: set data.data_dir'}{hint}")
   class_names = spec.class_names if spec is not None else None
@@ -239,11 +240,11 @@ def _load_folder(opts: _Options, spec: DatasetSpec | None):
   if root is None:
     hint = (" For Tiny ImageNet, arrange the official val split first: python -m "
             "ncfm_jax.data.tinyimagenet_prepare SRC DST" if opts.name == "tinyimagenet" else "")
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"{opts.name}: no image folder <root>/train/<class>/*.jpg|png with root in "
         f"{_folder_roots(opts) or '[]: set data.data_dir'}.{hint}")
   if (root / "val" / "val_annotations.txt").is_file():
-    raise ValueError(
+    raise InputError(
         f"{root} has the official Tiny ImageNet layout (unsorted val/images); arrange "
         f"it by class first: python -m ncfm_jax.data.tinyimagenet_prepare {root} DST")
   channels = opts.channels or (spec.channels if spec else 3)
@@ -257,7 +258,7 @@ def _load_tfds(opts: _Options, spec: DatasetSpec | None):
   from ncfm_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
   tfds_name = opts.tfds_name or (spec.tfds_name if spec else opts.name)
   if tfds_name is None:
-    raise ValueError(f"{opts.name} has no tfds builder; use data.source='folder'")
+    raise InputError(f"{opts.name} has no tfds builder; use data.source='folder'")
   return tfds_source.load_tfds(
       tfds_name, data_dir=opts.data_dir, train_split="train",
       test_split=opts.test_split or (spec.tfds_test_split if spec else "test"),
@@ -272,10 +273,10 @@ _LOADERS = {"idx": _load_idx, "folder": _load_folder, "tfds": _load_tfds}
 def _check_split(images: np.ndarray, labels: np.ndarray, num_classes: int,
                  where: str) -> None:
   if images.ndim != 4 or images.dtype != np.uint8:
-    raise ValueError(f"{where}: images must be uint8 [N, H, W, C], got "
+    raise InputError(f"{where}: images must be uint8 [N, H, W, C], got "
                      f"{images.dtype} {images.shape}")
   if images.shape[0] != labels.shape[0]:
-    raise ValueError(f"{where}: {images.shape[0]} images but {labels.shape[0]} labels")
+    raise InputError(f"{where}: {images.shape[0]} images but {labels.shape[0]} labels")
   selection_lib.check_labels(labels, num_classes, where)
 
 
@@ -284,7 +285,7 @@ def _check_no_empty_class(labels: np.ndarray, class_names: tuple[str, ...],
   counts = np.bincount(labels, minlength=len(class_names))
   empty = [class_names[c] for c in np.flatnonzero(counts == 0)]
   if empty:
-    raise ValueError(f"{where}: no images left for class(es) {empty[:5]}")
+    raise InputError(f"{where}: no images left for class(es) {empty[:5]}")
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096
@@ -331,7 +332,7 @@ def load_dataset(data_config: Mapping[str, Any]) -> Dataset:
   _check_split(train_x, train_y, len(class_names), f"{opts.name} train")
   _check_split(test_x, test_y, len(class_names), f"{opts.name} test")
   if test_x.shape[0] and train_x.shape[1:] != test_x.shape[1:]:
-    raise ValueError(f"{opts.name}: train images {train_x.shape[1:]} but test images "
+    raise InputError(f"{opts.name}: train images {train_x.shape[1:]} but test images "
                      f"{test_x.shape[1:]}")
   _check_no_empty_class(train_y, class_names, f"{opts.name} train")
   if opts.selection.max_test is None:
@@ -341,7 +342,7 @@ def load_dataset(data_config: Mapping[str, Any]) -> Dataset:
   else:
     mean, std = channel_stats(train_x)
   if len(mean) != train_x.shape[-1]:
-    raise ValueError(f"{opts.name}: {train_x.shape[-1]} channels but {len(mean)} "
+    raise InputError(f"{opts.name}: {train_x.shape[-1]} channels but {len(mean)} "
                      "normalisation statistics")
   return Dataset(train_x, train_y.astype(np.int32), test_x, test_y.astype(np.int32),
                  tuple(class_names), tuple(mean), tuple(std), opts.name)

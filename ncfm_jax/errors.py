@@ -1,0 +1,15 @@
+"""The project's one error type for input a user can fix.
+
+`InputError` is raised for bad input and bad state: a config field, a dataset,
+a workdir, a checkpoint. `python -m ncfm_jax.main` prints it as one line and
+exits 2; any other exception is a bug and keeps its traceback (exit 1).
+"""
+
+
+class InputError(ValueError):
+  """Bad input or bad state that the user can fix (config, data, workdir, checkpoint)."""
+
+
+class DataNotFoundError(InputError, FileNotFoundError):
+  """A dataset (or a file of it) is not where the config says; the message says
+  how to get it."""

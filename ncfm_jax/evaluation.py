@@ -1,0 +1,144 @@
+"""Evaluation: networks trained from scratch on a set, tested on the real test split.
+
+Sources (`EVAL_SOURCES`, each a section of metrics.json): the distilled set, and two
+baselines at the same storage budget: `ipc` random real images per class, and the
+synthetic set as initialised. Runs are appended one by one to metrics.json with the
+eval settings that produced them, so a killed evaluation resumes and runs made with
+other settings are never pooled (docs/design.md section 8).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ncfm_jax import distributed
+from ncfm_jax import parameterize
+from ncfm_jax import train as train_lib
+from ncfm_jax import workdir as wd
+from ncfm_jax.errors import InputError
+
+EVAL_SOURCES = {"distilled": "eval", "random_real": "baseline_random_real",
+                "init": "baseline_init"}
+
+# Host-sampler stream of the random-real baseline (far from the distillation steps
+# 0, 1, 2, ... that a streamed run uses).
+RANDOM_REAL_STREAM = 2**40 + 1
+
+
+def sources_for_mode(config, mode: str) -> list[str]:
+  """The sets `mode` evaluates (keys of EVAL_SOURCES)."""
+  if mode == "evaluate":
+    return [config.eval.source]
+  if mode == "all":
+    return ["distilled"] + (["random_real", "init"] if config.eval.baselines else [])
+  return []
+
+
+def _decoded(stored: np.ndarray, factor: int) -> np.ndarray:
+  """Stored synthetic images `[C, ipc, H, W, Ch]` -> decoded `[C * ipc * factor^2, H, W, Ch]`."""
+  return np.asarray(parameterize.decode(
+      jnp.asarray(stored.reshape((-1,) + stored.shape[2:])), factor))
+
+
+def eval_set(run, source: str):
+  """(images float32 `[N, H, W, C]` in [0, 1], labels `[N]`) of an evaluation source."""
+  d = run.config.distill
+  if source == "random_real":  # ipc real images per class: the same storage budget
+    images = run.real_subset(RANDOM_REAL_STREAM, d.ipc).astype(np.float32) / 255.0
+    labels = np.repeat(np.arange(run.num_classes), d.ipc)
+    return images.reshape((-1,) + images.shape[2:]), labels
+  if source == "distilled":
+    path = run.path("distilled.npz")
+    if not os.path.exists(path):
+      raise InputError(f"{path} not found: run --mode=distill first")
+    stored = np.load(path)["images"]
+  else:  # init
+    path = run.path("init.npz")
+    stored = np.load(path)["images"] if os.path.exists(path) else np.asarray(
+        run.initial_synthetic())
+  labels = np.repeat(np.arange(run.num_classes), d.ipc * d.factor**2)
+  return _decoded(stored, d.factor), labels
+
+
+def check_settings(run, sources) -> dict:
+  """This config's eval settings (`wd.eval_settings`); refuses (WorkdirError) to add
+  to or report runs of `sources` made with other settings."""
+  metrics = wd.read_json(run.path("metrics.json"), {})
+  settings = wd.eval_settings(run.config.eval)
+  refusal = None
+  try:
+    for source in sources:
+      section = EVAL_SOURCES[source]
+      for arch in run.config.eval.archs:
+        wd.check_eval_settings(run.workdir, section, arch,
+                               metrics.get(section, {}).get(arch, {}), settings)
+  except wd.WorkdirError as err:
+    refusal = err
+  # Every process stops, or none: process 0's reading decides.
+  if not distributed.agree(refusal is None):
+    raise refusal or wd.WorkdirError("process 0 refused the recorded eval settings")
+  return settings
+
+
+def teacher(run) -> train_lib.Teacher:
+  """Soft-label teacher: the first trained pool member (inference mode)."""
+  pool = run.load_pool()
+  return train_lib.Teacher(run.model, jax.tree.map(lambda x: x[0], pool.trained_variables))
+
+
+def evaluate(run, source: str) -> dict:
+  """Trains `eval.num_eval` networks per architecture on `source`; returns its section."""
+  cfg = run.config.eval
+  section = EVAL_SOURCES[source]
+  images, labels = eval_set(run, source)
+  metrics = wd.read_json(run.path("metrics.json"), {})
+  results = dict(metrics.get(section, {}))
+  per_epoch = int(np.ceil(images.shape[0] / min(cfg.batch_size, images.shape[0])))
+  num_steps = cfg.max_steps or cfg.epochs * per_epoch
+  settings = check_settings(run, [source])
+  soft_teacher = teacher(run) if cfg.soft_labels else None
+  for arch in cfg.archs:
+    model = run.make_model(arch)
+    runs = list(results.get(arch, {}).get("runs", []))
+    for repeat in range(distributed.agree(len(runs)), cfg.num_eval):
+      key = jax.random.fold_in(jax.random.fold_in(run.key, 5), repeat)
+      variables = train_lib.train_classifier(
+          key, model, jnp.asarray(images), run.onehot(labels), cfg,
+          num_steps=num_steps, mean=run.mean, std=run.std, teacher=soft_teacher,
+          desc=f"eval {source} {arch} {repeat + 1}/{cfg.num_eval}", mesh=run.mesh)
+      acc = train_lib.accuracy(model, variables, run.dataset.test_images,
+                               run.dataset.test_labels, run.mean, run.std)
+      runs.append(acc)
+      results[arch] = {"mean": float(np.mean(runs)), "std": float(np.std(runs)),
+                       "runs": runs, "settings": settings}
+      wd.update_metrics(run.workdir, **{section: results})  # resumable per run
+      print(f"[eval] {source} {arch} run {repeat + 1}: {acc:.2f}%", flush=True)
+  return results
+
+
+def missing_runs(config, metrics: dict, source: str) -> bool:
+  """True when `source` has fewer than `eval.num_eval` runs for some architecture."""
+  done = metrics.get(EVAL_SOURCES[source], {})
+  return any(len(done.get(arch, {}).get("runs", [])) < config.eval.num_eval
+             for arch in config.eval.archs)
+
+
+def summary_table(metrics: dict) -> str:
+  """Markdown table of every evaluated source and architecture ('' when none)."""
+  archs = sorted({a for s in EVAL_SOURCES.values() for a in metrics.get(s, {})})
+  if not archs:
+    return ""
+  lines = ["| arch | NCFM distilled | random real (baseline) | initial set (baseline) |",
+           "| --- | --- | --- | --- |"]
+  for arch in archs:
+    cells = []
+    for section in EVAL_SOURCES.values():
+      result = metrics.get(section, {}).get(arch)
+      cells.append(f"{result['mean']:.2f} +- {result['std']:.2f} (n={len(result['runs'])})"
+                   if result else "-")
+    lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)

@@ -1,0 +1,216 @@
+"""How distillation steps run on this backend: pass sizes, scan or loop, devices.
+
+One place owns every execution choice that changes speed or memory but not
+what a step computes (docs/design.md, "Backend policy"):
+
+* forward-pass sizes: real and synthetic images go through the extractor in
+  cache-sized passes on CPU and all at once on GPU/TPU (`resolve_real_chunk`,
+  `resolve_syn_chunk`);
+* scan or loop (`resolve_use_scan`): `lax.scan` over the steps of one host
+  call on GPU/TPU; on CPU a Python loop of one jitted step, because a ConvNet
+  inside `lax.scan` ran 5-25x slower on XLA:CPU;
+* devices (`make_run_steps(..., mesh=...)`): with a mesh the same step runs
+  data parallel (the real batch split along B) or class sharded (`sharding`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ncfm_jax import sharding
+from ncfm_jax.data import sampling
+
+CPU_PASS_PIXELS = 128 * 32 * 32
+"""Pixels per forward pass on CPU: 128 CIFAR-sized images, a cache-sized pass
+(cifar10_ipc10 measured 6.7 -> 5.2 s/step with the real forward in such passes)."""
+
+
+def resolve_use_scan(use_scan: bool | None) -> bool:
+  """None -> `lax.scan` on accelerators, a Python loop of jitted steps on CPU,
+  where a ConvNet inside `lax.scan` measured 5-25x slower (docs/design.md)."""
+  if use_scan is None:
+    return jax.default_backend() != "cpu"
+  return bool(use_scan)
+
+
+def _cpu_pass(per_class: int, num_classes: int, image_pixels: int, max_passes: int) -> int:
+  """Largest divisor c of `per_class` whose pass (c images of every class) holds at
+  most CPU_PASS_PIXELS, else the smallest divisor; at most `max_passes` passes."""
+  divisors = [c for c in range(1, per_class + 1)
+              if per_class % c == 0 and per_class // c <= max_passes]
+  fits = [c for c in divisors if c * num_classes * image_pixels <= CPU_PASS_PIXELS]
+  return max(fits) if fits else min(divisors)
+
+
+def resolve_real_chunk(real_chunk: int | None, batch_real: int, num_classes: int,
+                       image_pixels: int) -> int:
+  """Real images per class in one forward pass (`lax.map` over passes); 0: all at once.
+
+  None picks cache-sized passes on CPU (`CPU_PASS_PIXELS`) and all at once on
+  GPU/TPU (set it there to bound memory: one pass over 100 classes x 256 images
+  peaked at 53 GB).
+  """
+  if real_chunk is not None:
+    return int(real_chunk)
+  if jax.default_backend() != "cpu":
+    return 0
+  return _cpu_pass(batch_real, num_classes, image_pixels, max_passes=batch_real)
+
+
+def resolve_syn_chunk(syn_chunk: int | None, images_per_class: int, num_classes: int,
+                      image_pixels: int, max_passes: int = 8) -> int:
+  """Decoded synthetic images per class in one forward/backward pass; 0: all at once.
+
+  Unrolled passes (a `lax.map` made the backward pass slower than one big batch on
+  XLA:CPU) are at most `max_passes`; `distill.remat_syn` loops over them and lifts
+  the cap. None picks cache-sized passes on CPU (cifar10_ipc10's 400 images: 4
+  passes of 100) and all at once on GPU/TPU.
+  """
+  if syn_chunk is not None:
+    return int(syn_chunk)
+  if jax.default_backend() != "cpu":
+    return 0
+  return _cpu_pass(images_per_class, num_classes, image_pixels, max_passes)
+
+
+class RunSteps(NamedTuple):
+  """What `make_run_steps` builds.
+
+  Attributes:
+    run: `(state, pool, source) -> (state, metrics [num_steps])`; the state is
+      donated.
+    jitted: `(state, source, single_step=False) -> jax.jit function` that `run`
+      calls for this kind of source (the whole scan, or the one step of the
+      loop), or the one-step function with `single_step`: lower it for XLA's
+      cost and memory analysis.
+  """
+  run: Callable[..., tuple[Any, dict]]
+  jitted: Callable[..., Any]
+
+
+def make_run_steps(distill_step: Callable, distill_config, num_steps: int, *,
+                   mesh=None, class_sharded: bool = False) -> RunSteps:
+  """Runs `num_steps` of `distill_step(state, pool, real_batch)` per host call.
+
+  `source` is either a `ClassIndexedData` (real batches sampled on the device
+  inside the loop: no host round trip) or a uint8 array `[num_steps, C, B, H, W, Ch]`
+  of batches streamed from the host. `distill_config.use_scan` (None: by
+  backend) runs the steps in `lax.scan`, otherwise in a Python loop over a jitted
+  step. With a `mesh` the real batch is split along B over its devices and, with
+  `class_sharded`, the synthetic images along C (`sharding.state_shardings`);
+  inputs placed with `sharding.shard_state` / `sharding.replicate` avoid a copy.
+
+  Raises:
+    ValueError: with a mesh, `batch_real` (or, class sharded, the class count at
+      the first call) not divisible by the device count.
+  """
+  batch_real = int(distill_config.batch_real)
+  use_scan = resolve_use_scan(distill_config.use_scan)
+  unroll = int(distill_config.unroll)
+  if mesh is not None:
+    sharding.check_divisible(mesh, batch_real=batch_real)
+    distill_step = sharding.constrain_real_batch(distill_step, mesh)
+
+  def one(state, pool, source_item):
+    if isinstance(source_item, sampling.ClassIndexedData):
+      key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1)
+      source_item = sampling.sample_class_batches(key, source_item, batch_real)
+    return distill_step(state, pool, source_item)
+
+  def scanned(state, pool, source):
+    if isinstance(source, sampling.ClassIndexedData):
+      return jax.lax.scan(lambda s, _: one(s, pool, source), state, None,
+                          length=num_steps, unroll=unroll)
+    return jax.lax.scan(lambda s, batch: one(s, pool, batch), state, source, unroll=unroll)
+
+  cache: dict[tuple[bool, bool], Callable] = {}
+
+  def jitted(state, source, single_step: bool = False):
+    indexed = isinstance(source, sampling.ClassIndexedData)
+    single = single_step or not use_scan
+    if (indexed, single) not in cache:
+      fn = one if single else scanned
+      if mesh is None:
+        cache[indexed, single] = jax.jit(fn, donate_argnums=(0,))
+      else:
+        state_sh = sharding.state_shardings(state, mesh, class_sharded)
+        rep = sharding.replicated(mesh)
+        # A scan consumes [T, C, B, ...]; the loop feeds one [C, B, ...].
+        source_sh = rep if indexed else sharding.real_batch_sharding(mesh, 0 if single else 1)
+        cache[indexed, single] = jax.jit(fn, in_shardings=(state_sh, rep, source_sh),
+                                         out_shardings=(state_sh, rep), donate_argnums=(0,))
+    return cache[indexed, single]
+
+  def run(state, pool, source):
+    if mesh is not None and class_sharded:
+      sharding.check_divisible(mesh, num_classes=int(state.syn_images.shape[0]),
+                               class_sharded=True)
+    fn = jitted(state, source)
+    if use_scan:
+      return fn(state, pool, source)
+    return loop_steps(fn, state, pool, source, num_steps)
+
+  return RunSteps(run, jitted)
+
+
+def loop_steps(step_fn, state, pool, source, num_steps: int):
+  """Python loop of `step_fn(state, pool, item)`; metrics stacked to `[num_steps]`.
+
+  `source` is a ClassIndexedData (passed to every step) or `[num_steps, ...]` batches."""
+  history = []
+  for i in range(num_steps):
+    item = source if isinstance(source, sampling.ClassIndexedData) else source[i]
+    state, metrics = step_fn(state, pool, item)
+    history.append(metrics)
+  return state, jax.tree.map(lambda *xs: jnp.stack(xs), *history)
+
+
+def real_batch_source(images, labels, num_classes: int, *, batch_real: int, seed: int,
+                      device_limit_bytes: int, mesh=None) -> Callable[[int, int], Any]:
+  """`source_for(step, n)`: what `RunSteps.run` consumes for steps step..step+n-1.
+
+  A training set of at most `device_limit_bytes` sits on the device(s) as a
+  `ClassIndexedData` and batches are sampled there; a larger one stays in host
+  memory and `n` batches are sampled on the host (seeded by `(seed, step)`) and
+  streamed per call.
+  """
+  if sampling.fits_on_device(images.nbytes, device_limit_bytes):
+    data = sampling.make_class_indexed(images, labels, num_classes)
+    if mesh is not None:
+      data = sharding.replicate(data, mesh)
+    return lambda step, n: data
+  sampler = sampling.HostClassSampler(images, labels, num_classes, seed=seed)
+
+  def streamed(step, n):
+    batches = sampler.sample_many(n, batch_real, start_step=step)
+    return jnp.asarray(batches) if mesh is None else sharding.put_streamed(batches, mesh)
+  return streamed
+
+
+def distill_in_calls(distill_step: Callable, distill_config, state, pool,
+                     source_for: Callable[[int, int], Any], *, mesh=None,
+                     class_sharded: bool = False):
+  """Runs steps `state.step` .. `distill_config.steps - 1`; yields `(state, metrics)`
+  after each host call.
+
+  A call runs at most `steps_per_call` steps and ends on a multiple of
+  `checkpoint_every`, so a checkpoint never falls inside a call. With a mesh the
+  state is sharded and the pool replicated on it first.
+  """
+  d = distill_config
+  per_call = max(1, int(d.steps_per_call))
+  if mesh is not None:
+    state = sharding.shard_state(state, mesh, class_sharded)
+    pool = sharding.replicate(pool, mesh)
+  runs: dict[int, Callable] = {}
+  step = int(state.step)
+  while step < d.steps:
+    n = min(per_call, d.steps - step, d.checkpoint_every - step % d.checkpoint_every)
+    if n not in runs:
+      runs[n] = make_run_steps(distill_step, d, n, mesh=mesh, class_sharded=class_sharded).run
+    state, metrics = runs[n](state, pool, source_for(step, n))
+    step += n
+    yield state, metrics
