@@ -6,12 +6,15 @@
                          together, so a kill can never leave them disagreeing.
 
 An unreadable latest distillation checkpoint falls back, with a warning, to the
-previous kept one; only when none is readable does the run stop (InputError).
+previous kept one, and is moved aside to `distill_ckpt_unreadable/<step>` (so the
+resumed run can save that step again; nothing is deleted); only when none is
+readable does the run stop (InputError).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from typing import Any
 
@@ -19,6 +22,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from ncfm_jax import distill as distill_lib
+from ncfm_jax import distributed
 from ncfm_jax import sharding
 from ncfm_jax.errors import InputError
 
@@ -80,6 +84,7 @@ class DistillCheckpoints:
 
   def __init__(self, directory: str, max_to_keep: int):
     self.directory = directory
+    self._max_to_keep = max_to_keep
     self._manager = _manager(directory, max_to_keep)
 
   def close(self) -> None:
@@ -117,15 +122,35 @@ class DistillCheckpoints:
       abstract = sharding.abstract_arrays(
           like, sharding.state_shardings(like, mesh, class_sharded))
     steps = sorted(self._manager.all_steps(), reverse=True)
-    for step in steps:
+    for tried, step in enumerate(steps):
       try:
-        return self._restore(step, abstract)
+        restored = self._restore(step, abstract)
       except InputError:
         raise
       except Exception as err:  # orbax raises several types for bad files
         print(f"[distill] WARNING: checkpoint {step} in {self.directory} is unreadable "
               f"({_first_line(err)}); trying the previous one", file=sys.stderr, flush=True)
+        continue
+      self._move_aside(steps[:tried])
+      return restored
     if steps:
       raise InputError(f"no readable distillation checkpoint in {self.directory} (tried "
                        f"steps {', '.join(map(str, steps))}); use another --workdir")
     return None
+
+  def _move_aside(self, steps) -> None:
+    """Moves unreadable steps to `<directory>_unreadable/` (orbax never overwrites a
+    step, so the resumed run could not save them again)."""
+    if not steps:
+      return
+    self._manager.close()
+    aside = self.directory.rstrip("/") + "_unreadable"
+    if distributed.is_primary():
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        shutil.move(os.path.join(self.directory, str(step)),
+                    os.path.join(aside, f"{step}"))
+        print(f"[distill] moved unreadable checkpoint {step} to {aside}", file=sys.stderr,
+              flush=True)
+    distributed.barrier("ncfm:unreadable checkpoints moved")
+    self._manager = _manager(self.directory, self._max_to_keep)

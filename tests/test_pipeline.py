@@ -7,9 +7,14 @@ import socket
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ncfm_jax import checkpoints
+from ncfm_jax import distill
+from ncfm_jax import models
 from ncfm_jax import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,8 +116,13 @@ def test_interrupted_distillation_resumes_to_the_same_images(pretrained, tmp_pat
   a = np.load(os.path.join(straight, "distilled.npz"))["images"]
   b = np.load(os.path.join(interrupted, "distilled.npz"))["images"]
   np.testing.assert_allclose(a, b, atol=1e-6)
-  history = json.load(open(os.path.join(interrupted, "distill_history.json")))
-  assert len(history["loss"]) == config.distill.steps
+  model = models.get_model("convnet", 3, width=config.model.width, depth=config.model.depth,
+                           image_size=28, channels=1)
+  like = distill.init_state(jax.random.PRNGKey(0), jnp.asarray(b), models.feature_dim(
+      model, 28, 1), config.distill)
+  with checkpoints.DistillCheckpoints(os.path.join(interrupted, "distill_ckpt"), 2) as store:
+    state, history = store.restore_latest(like)
+  assert int(state.step) == len(history["loss"]) == config.distill.steps
 
 
 @pytest.mark.parametrize("flag, message", [
