@@ -148,7 +148,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Training networks from scratch on the synthetic set (DESIGN.md section 8).
   config.eval = ml_collections.ConfigDict()
-  config.eval.source = "distilled"  # distilled | random_real | init
+  config.eval.source = "distilled"  # distilled | random_real | init | file:PATH
+  # eval.source=file:PATH holds factor-tiled stored images: decode them first.
+  config.eval.file_factor = 1
   config.eval.baselines = True  # mode=all also evaluates random_real and init
   config.eval.num_eval = 5
   config.eval.archs = ("convnet",)  # CLI: --config.eval.archs=convnet --config.eval.archs=vgg11
@@ -206,8 +208,11 @@ def validate_config(config, *, model_names: Sequence[str], eval_sources: Sequenc
        f"distill.syn_chunk={d.syn_chunk} must divide ipc * factor^2 = {d.ipc * d.factor**2}"),
       (config.pretrain.num_models >= 1,
        f"pretrain.num_models must be >= 1, got {config.pretrain.num_models}"),
-      (config.eval.source in eval_sources,
-       f"eval.source must be one of {sorted(eval_sources)}, got {config.eval.source!r}"),
+      (config.eval.source in eval_sources or config.eval.source.startswith("file:"),
+       f"eval.source must be one of {sorted(eval_sources)} or file:PATH, "
+       f"got {config.eval.source!r}"),
+      (config.eval.file_factor >= 1,
+       f"eval.file_factor must be >= 1, got {config.eval.file_factor}"),
   ]
   for arch in [config.model.name, *config.eval.archs]:
     checks.append((arch in model_names,

@@ -1,14 +1,15 @@
 """The NCFM min-max distillation step: a pure function of a state pytree.
 
-One step (DESIGN.md section 4):
+One step (docs/design.md section 4):
   1. pick a pool member uniformly and `b ~ U(0, 1)`; extractor = b*init + (1-b)*trained;
   2. per class, a fresh batch of `batch_real` real images and the class's decoded
      synthetic images, augmented with ONE shared draw per class (siamese DSA);
   3. one batched forward for all real images (no gradient) and one for all
      synthetic images; features L2-normalised;
-  4. loss = sum_c loss_scale * NCFD(real_c, syn_c, t), t from psi or N(0, I);
-     plus the calibration cross-entropy of the trained member on the synthetic
-     images (images only);
+  4. loss = sum_c loss_scale * NCFD(real_c, syn_c, t), t from psi or N(0, I)
+     (`loss="mmd"`: DM's sum_c ||mean real_c - mean syn_c||^2 on the raw, not
+     normalised, features, unscaled); plus the calibration cross-entropy of the
+     trained member on the synthetic images (images only);
   5. one backward gives both players' gradients: the images descend (AdamW +
      reduce-on-plateau, then clamped to [0, 1]); psi ascends (SGD + momentum).
 
@@ -149,7 +150,9 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
     classes, n = images.shape[:2]
     feats, logits = model.apply(variables, images.reshape((classes * n,) + images.shape[2:]),
                                 train=False)
-    return (_l2_normalize(feats).reshape(classes, n, -1),
+    # DM matches the means of the raw features; the NCFD takes them on the unit sphere.
+    feats = _l2_normalize(feats) if cfg.loss == "ncfd" else feats
+    return (feats.reshape(classes, n, -1),
             logits.reshape(classes, n, -1))
 
   def embed_in_chunks(variables, images, chunk):
@@ -218,7 +221,8 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
       per_class = class_mmd(real_feats, syn_feats)
     else:
       raise ValueError(f"unknown distill.loss {cfg.loss!r}; use ncfd or mmd")
-    match = cfg.loss_scale * jnp.sum(per_class)
+    # The release's x300 per-class scale belongs to its NCFD; DM's MMD has none.
+    match = (cfg.loss_scale if cfg.loss == "ncfd" else 1.0) * jnp.sum(per_class)
     calibration = jnp.zeros(())
     if cfg.calibration_weight:
       labels = jnp.broadcast_to(jnp.arange(classes)[:, None], logits.shape[:2])
@@ -229,10 +233,9 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
 
   def _prepare(state, pool, real_batch):
     """Per-step randomness, the extractor draw and the real features (no gradient)."""
-    key = jax.random.fold_in(state.key, state.step)
-    k_pool, k_aug, k_freq = jax.random.split(key, 3)
-    aug_keys = jax.random.split(k_aug, real_batch.shape[0])
-    blended, trained = _member(pool, k_pool)
+    keys = execution.step_keys(state.key, state.step)
+    aug_keys = jax.random.split(keys.augment, real_batch.shape[0])
+    blended, trained = _member(pool, keys.member)
     real = augment_per_class(aug_keys, normalize(real_batch, mean, std))
     # Flattened B-major, so a real batch split along B (sharding.py) stays split
     # through the forward pass instead of being all-gathered.
@@ -241,7 +244,7 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
                                          real_batch.shape[2] * real_batch.shape[3])
     real_feats = embed_in_chunks(blended, jnp.swapaxes(real, 0, 1), chunk)
     real_feats = jnp.swapaxes(real_feats, 0, 1)
-    return (jax.lax.stop_gradient(real_feats), blended, trained, (aug_keys, k_freq))
+    return (jax.lax.stop_gradient(real_feats), blended, trained, (aug_keys, keys.frequencies))
 
   def evaluate(state: DistillState, pool: Pool, real_batch: jax.Array):
     """(match, calibration) of `state` with the randomness of its step (for tests)."""

@@ -2,9 +2,12 @@
 
 Sources (`EVAL_SOURCES`, each a section of metrics.json): the distilled set, and two
 baselines at the same storage budget: `ipc` random real images per class, and the
-synthetic set as initialised. Runs are appended one by one to metrics.json with the
-eval settings that produced them, so a killed evaluation resumes and runs made with
-other settings are never pooled (docs/design.md section 8).
+synthetic set as initialised; and `file:PATH`, a set distilled elsewhere (an .npz),
+recorded under `external` keyed by the file's name. Every source trains for the
+same number of optimizer steps (`eval_steps`: the distilled set's budget), so the
+baselines are not short-changed. Runs are appended one by one to metrics.json with
+the eval settings that produced them, so a killed evaluation resumes and runs made
+with other settings are never pooled (docs/design.md section 8).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from ncfm_jax.errors import InputError
 
 EVAL_SOURCES = {"distilled": "eval", "random_real": "baseline_random_real",
                 "init": "baseline_init"}
+FILE_PREFIX = "file:"  # eval.source=file:PATH: an .npz distilled elsewhere
+EXTERNAL_SECTION = "external"
 
 # Host-sampler stream of the random-real baseline (far from the distillation steps
 # 0, 1, 2, ... that a streamed run uses).
@@ -38,6 +43,50 @@ def sources_for_mode(config, mode: str) -> list[str]:
   return []
 
 
+def is_file_source(source: str) -> bool:
+  return source.startswith(FILE_PREFIX)
+
+
+def eval_steps(config, num_classes: int) -> int:
+  """Optimizer steps of every evaluation run: `eval.max_steps`, else `eval.epochs`
+  epochs of the distilled set (`C * ipc * factor^2` training images)."""
+  cfg, d = config.eval, config.distill
+  if cfg.max_steps:
+    return int(cfg.max_steps)
+  distilled_size = num_classes * d.ipc * d.factor**2
+  return int(cfg.epochs) * int(np.ceil(distilled_size / min(cfg.batch_size, distilled_size)))
+
+
+def _section(source: str) -> tuple[str, str | None]:
+  """(metrics.json section, key inside it or None) of a source."""
+  if is_file_source(source):
+    return EXTERNAL_SECTION, os.path.basename(source[len(FILE_PREFIX):])
+  return EVAL_SOURCES[source], None
+
+
+def _external_set(run, path: str):
+  """Decoded training images float32 in [0, 1] and labels of an .npz file."""
+  if not os.path.exists(path):
+    raise InputError(f"eval.source file {path} not found")
+  with np.load(path) as stored:
+    if "images" not in stored or "labels" not in stored:
+      raise InputError(f"{path} needs arrays 'images' [N, H, W, C] and 'labels' [N]; "
+                       f"has {sorted(stored.files)}")
+    images, labels = stored["images"], np.asarray(stored["labels"]).astype(np.int64)
+  images = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else (
+      images.astype(np.float32))
+  if images.ndim != 4 or images.shape[1:] != run.image_shape or len(labels) != len(images):
+    raise InputError(f"{path}: images {images.shape} and labels {labels.shape} do not fit "
+                     f"this dataset's [N, {', '.join(map(str, run.image_shape))}]")
+  if labels.min() < 0 or labels.max() >= run.num_classes:
+    raise InputError(f"{path}: labels outside [0, {run.num_classes})")
+  factor = int(run.config.eval.file_factor)
+  if factor > 1:  # factor-tiled stored images, as the authors publish them
+    images = np.asarray(parameterize.decode(jnp.asarray(images), factor))
+    labels = np.repeat(labels, factor**2)
+  return images, labels
+
+
 def _decoded(stored: np.ndarray, factor: int) -> np.ndarray:
   """Stored synthetic images `[C, ipc, H, W, Ch]` -> decoded `[C * ipc * factor^2, H, W, Ch]`."""
   return np.asarray(parameterize.decode(
@@ -47,6 +96,8 @@ def _decoded(stored: np.ndarray, factor: int) -> np.ndarray:
 def eval_set(run, source: str):
   """(images float32 `[N, H, W, C]` in [0, 1], labels `[N]`) of an evaluation source."""
   d = run.config.distill
+  if is_file_source(source):
+    return _external_set(run, source[len(FILE_PREFIX):])
   if source == "random_real":  # ipc real images per class: the same storage budget
     images = run.real_subset(RANDOM_REAL_STREAM, d.ipc).astype(np.float32) / 255.0
     labels = np.repeat(np.arange(run.num_classes), d.ipc)
@@ -72,10 +123,11 @@ def check_settings(run, sources) -> dict:
   refusal = None
   try:
     for source in sources:
-      section = EVAL_SOURCES[source]
+      section, key = _section(source)
+      recorded = metrics.get(section, {})
+      recorded = recorded.get(key, {}) if key else recorded
       for arch in run.config.eval.archs:
-        wd.check_eval_settings(run.workdir, section, arch,
-                               metrics.get(section, {}).get(arch, {}), settings)
+        wd.check_eval_settings(run.workdir, section, arch, recorded.get(arch, {}), settings)
   except wd.WorkdirError as err:
     refusal = err
   # Every process stops, or none: process 0's reading decides.
@@ -93,12 +145,12 @@ def teacher(run) -> train_lib.Teacher:
 def evaluate(run, source: str) -> dict:
   """Trains `eval.num_eval` networks per architecture on `source`; returns its section."""
   cfg = run.config.eval
-  section = EVAL_SOURCES[source]
+  section, key = _section(source)
   images, labels = eval_set(run, source)
   metrics = wd.read_json(run.path("metrics.json"), {})
   results = dict(metrics.get(section, {}))
-  per_epoch = int(np.ceil(images.shape[0] / min(cfg.batch_size, images.shape[0])))
-  num_steps = cfg.max_steps or cfg.epochs * per_epoch
+  results = dict(results.get(key, {})) if key else results
+  num_steps = eval_steps(run.config, run.num_classes)
   settings = check_settings(run, [source])
   soft_teacher = teacher(run) if cfg.soft_labels else None
   for arch in cfg.archs:
@@ -114,15 +166,21 @@ def evaluate(run, source: str) -> dict:
                                run.dataset.test_labels, run.mean, run.std)
       runs.append(acc)
       results[arch] = {"mean": float(np.mean(runs)), "std": float(np.std(runs)),
-                       "runs": runs, "settings": settings}
-      wd.update_metrics(run.workdir, **{section: results})  # resumable per run
+                       "runs": runs, "steps": num_steps, "settings": settings}
+      if key:
+        stored = dict(wd.read_json(run.path("metrics.json"), {}).get(section, {}))
+        wd.update_metrics(run.workdir, **{section: {**stored, key: results}})
+      else:
+        wd.update_metrics(run.workdir, **{section: results})  # resumable per run
       print(f"[eval] {source} {arch} run {repeat + 1}: {acc:.2f}%", flush=True)
   return results
 
 
 def missing_runs(config, metrics: dict, source: str) -> bool:
   """True when `source` has fewer than `eval.num_eval` runs for some architecture."""
-  done = metrics.get(EVAL_SOURCES[source], {})
+  section, key = _section(source)
+  done = metrics.get(section, {})
+  done = done.get(key, {}) if key else done
   return any(len(done.get(arch, {}).get("runs", [])) < config.eval.num_eval
              for arch in config.eval.archs)
 

@@ -76,6 +76,21 @@ def resolve_syn_chunk(syn_chunk: int | None, images_per_class: int, num_classes:
   return _cpu_pass(images_per_class, num_classes, image_pixels, max_passes)
 
 
+class StepKeys(NamedTuple):
+  """The independent PRNG keys of one distillation step, one per consumer."""
+  sample: jax.Array  # the real batch drawn on the device
+  member: jax.Array  # the pool member and its blend weight b
+  augment: jax.Array  # the per-class siamese augmentation draws
+  frequencies: jax.Array  # t from psi or N(0, I)
+
+
+def step_keys(base_key: jax.Array, step: jax.Array) -> StepKeys:
+  """Keys of step `step`: a split of `fold_in(base_key, step)` into four, so no
+  consumer sees another's key (a `fold_in(., 1)` of a key equals its second split
+  under the partitionable threefry PRNG, so those are never mixed)."""
+  return StepKeys(*jax.random.split(jax.random.fold_in(base_key, step), 4))
+
+
 class RunSteps(NamedTuple):
   """What `make_run_steps` builds.
 
@@ -116,8 +131,8 @@ def make_run_steps(distill_step: Callable, distill_config, num_steps: int, *,
 
   def one(state, pool, source_item):
     if isinstance(source_item, sampling.ClassIndexedData):
-      key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1)
-      source_item = sampling.sample_class_batches(key, source_item, batch_real)
+      source_item = sampling.sample_class_batches(
+          step_keys(state.key, state.step).sample, source_item, batch_real)
     return distill_step(state, pool, source_item)
 
   def scanned(state, pool, source):

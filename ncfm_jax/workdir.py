@@ -61,7 +61,8 @@ def result_defining(config) -> dict:
 
 
 # Eval keys that choose which evaluations run, not what one of them computes.
-EVAL_SELECTION_KEYS = frozenset({"source", "baselines", "num_eval", "archs", "steps_per_call"})
+EVAL_SELECTION_KEYS = frozenset({"source", "file_factor", "baselines", "num_eval", "archs",
+                                 "steps_per_call"})
 
 
 def eval_settings(eval_config) -> dict:

@@ -112,15 +112,25 @@ def test_chunked_forward_passes_match_one_batch(chunks):
   np.testing.assert_allclose(chunked.syn_images, reference.syn_images, atol=1e-6)
 
 
-def test_pass_size_defaults():
-  # Explicit values pass through; on CPU about 128 CIFAR-sized images per pass.
-  assert execution.resolve_syn_chunk(5, 40, 10, 1024) == 5
-  assert execution.resolve_real_chunk(4, 256, 10, 1024) == 4
-  if jax.default_backend() == "cpu":
-    assert execution.resolve_syn_chunk(None, 40, 10, 32 * 32) == 10  # cifar10 ipc 10: 4 x 100
-    assert execution.resolve_syn_chunk(None, 8, 3, 16 * 16) == 8  # tiny: one pass
-    # cifar100 ipc 50: at most 8 unrolled passes, or 200 of 100 images in a loop.
-    assert execution.resolve_syn_chunk(None, 200, 100, 1024) == 25
-    assert execution.resolve_syn_chunk(None, 200, 100, 1024, max_passes=200) == 1
-    assert execution.resolve_real_chunk(None, 256, 10, 32 * 32) == 8
-    assert execution.resolve_real_chunk(None, 128, 10, 128 * 128) == 1  # imagenette
+def test_mmd_is_dms_loss_on_raw_features_without_the_scale():
+  # One member whose init and trained weights coincide: the blend is that network.
+  config = _config(loss="mmd", augment="none", factor=1, calibration_weight=0.0)
+  model = models.get_model("convnet", CLASSES, width=8, depth=2, norm="instance",
+                           image_size=SIZE, channels=1)
+  variables = train_lib.init_variables(jax.random.PRNGKey(4), model,
+                                       jnp.zeros((1, SIZE, SIZE, 1)))
+  pool = distill.stack_pool([(variables, variables)])
+  feature_dim = model.apply(variables, jnp.zeros((1, SIZE, SIZE, 1)))[0].shape[-1]
+  syn = jax.random.uniform(jax.random.PRNGKey(7), (CLASSES, IPC, SIZE, SIZE, 1))
+  state = distill.init_state(jax.random.PRNGKey(0), syn, feature_dim, config)
+  real = jax.random.randint(jax.random.PRNGKey(8), (CLASSES, 8, SIZE, SIZE, 1), 0, 256
+                            ).astype(jnp.uint8)
+  step = distill.make_distill_step(model, config, MEAN, STD, feature_dim)
+  match, _ = jax.jit(step.evaluate)(state, pool, real)
+
+  def mean_features(images):
+    x = (np.asarray(images, np.float32) - MEAN[0]) / STD[0]
+    return np.asarray(model.apply(variables, x)[0], np.float64).mean(axis=0)
+  want = sum(np.sum((mean_features(np.asarray(real[c]) / 255.0) - mean_features(syn[c]))**2)
+             for c in range(CLASSES))
+  assert float(match) == pytest.approx(want, rel=1e-4)

@@ -25,6 +25,7 @@ import numpy as np
 
 from ncfm_jax.data import images as images_lib
 from ncfm_jax.data import selection as selection_lib
+from ncfm_jax.errors import DataNotFoundError, InputError
 
 IMAGENET_BUILDER = "imagenet2012"
 
@@ -64,7 +65,7 @@ def _builder(tfds_name: str, data_dir: str | None):
   try:
     return tfds.builder(tfds_name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as err:
-    raise ValueError(
+    raise InputError(
         f"tensorflow_datasets has no dataset '{tfds_name}' (for an image folder set "
         "data.source='folder' and data.data_dir)") from err
 
@@ -78,7 +79,7 @@ def _as_dataset(builder, split: str, data_dir: str | None, **kwargs):
         read_config=tfds.ReadConfig(try_autocache=False), **kwargs)
   except AssertionError as err:  # tfds' "could not find data in <data_dir>"
     name = _full_name(builder)
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"tfds dataset '{name}' is not prepared under {builder.data_dir_root}; "
         f"{prepare_instructions(name, data_dir)}") from err
 
@@ -136,7 +137,7 @@ def _load_stream(builder, split: str, data_dir: str | None, label_ids: Sequence[
       break  # every cap reached: stop reading the (possibly huge) split
   images += images_lib.decode_many(pending, decode, num_workers)
   if image_size is None and len({image.shape for image in images}) > 1:
-    raise ValueError(
+    raise InputError(
         f"{_full_name(builder)}[{split}]: images have different sizes; set data.image_size")
   if not images:
     side = image_size or 0
@@ -187,7 +188,7 @@ def load_tfds(tfds_name: str, *, data_dir: str | None, train_split: str,
   else:
     missing = [w for w in wnids if w not in label_names]
     if missing:
-      raise ValueError(f"{tfds_name} has no classes {missing[:5]} (labels are WordNet ids)")
+      raise InputError(f"{tfds_name} has no classes {missing[:5]} (labels are WordNet ids)")
     universe, universe_ids = tuple(wnids), tuple(label_names.index(w) for w in wnids)
   kept = selection_lib.resolve_classes(selection.classes, len(universe), tfds_name)
   class_names = tuple(universe[c] for c in kept)
