@@ -123,6 +123,12 @@ def base_config() -> ml_collections.ConfigDict:
   # backward pass: activation memory of one pass instead of all, for large
   # ipc x classes (or image sizes) on small memory; ~2.5x slower on XLA:CPU.
   config.distill.remat_syn = False
+  # Classes per block (0: all classes in one batched forward/backward): the step
+  # takes each block's gradient in turn, so only one block's activations exist.
+  config.distill.class_block = 0
+  # How blocks run: "scan" (in one jitted step), "host" (a host loop of jitted
+  # block steps); None: scan on GPU/TPU, host on CPU.
+  config.distill.block_loop = ml_collections.FieldReference(None, field_type=str)
   config.distill.alpha = 0.5
   config.distill.beta = 0.5
   config.distill.loss_scale = 300.0  # (release) per-class multiplier

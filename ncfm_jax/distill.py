@@ -114,17 +114,58 @@ def _member(pool: Pool, key: jax.Array):
   return blended, trained
 
 
+class StepDraws(NamedTuple):
+  """A step's draws shared by every class: the extractor, frequencies and keys."""
+  blended: Any  # variables of b * init + (1 - b) * trained
+  trained: Any  # variables of the trained member (calibration)
+  t: jax.Array  # frequencies [F, D] ([0, D] for mmd)
+  aug_keys: jax.Array  # one siamese augmentation key per class [C]
+
+
+class BlockGradients(NamedTuple):
+  """One block's (or the summed) gradients and loss terms."""
+  syn: jax.Array  # d loss / d stored images of the block [K, ipc, H, W, Ch]
+  t: jax.Array  # d match / d frequencies [F, D]
+  match: jax.Array
+  calibration: jax.Array
+
+
+class ClassBlocks(NamedTuple):
+  """The step split over blocks of classes (activation memory of one block).
+
+  The match loss is a sum of per-class terms and a class's images enter only
+  its own terms, so the gradient is the sum of per-block gradients; psi and the
+  extractor draw are shared (`begin`), psi's gradient is pulled back once from
+  the summed frequency gradient (`finish`).
+
+  Attributes:
+    begin: `(state, pool) -> StepDraws`.
+    block_gradients: `(syn_images, real_batch, draws, block, block_size) ->
+      BlockGradients` of classes `block * block_size ...` (block traced, size static).
+    finish: `(state, summed BlockGradients) -> (state, metrics)`.
+    step: `(state, pool, real_batch, block_size) -> (state, metrics)`, the blocks
+      in one `lax.scan` (GPU/TPU); a host loop of the three above suits XLA:CPU.
+  """
+  begin: Callable
+  block_gradients: Callable
+  finish: Callable
+  step: Callable
+
+
 class DistillStep(NamedTuple):
   """The step and a read-only view of it, built from one config.
 
   Attributes:
     step: `(state, pool, real_batch) -> (state, metrics)`, `real_batch` uint8
-      `[C, B, H, W, Ch]`; metrics `{"loss", "calibration", "lr_scale"}`.
+      `[C, B, H, W, Ch]`; metrics `{"loss", "calibration", "lr_scale"}`; all
+      classes in one batched forward and backward.
     evaluate: `(state, pool, real_batch) -> (match, calibration)` of `state`
       with the randomness of its step, nothing updated.
+    blocks: the same step over blocks of classes (bounded memory).
   """
   step: Callable
   evaluate: Callable
+  blocks: ClassBlocks
 
 
 def psi_settings(distill_config) -> dict:
@@ -205,18 +246,19 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
                                 dim=feature_dim, **psi_settings(cfg))
     return gaussian_frequencies(key, cfg.num_freqs, feature_dim)
 
-  def losses(syn_images, psi_params, psi_stats, real_feats, blended, trained, keys):
-    k_aug, k_freq = keys
+  def match_terms(syn_images, t, real_feats, blended, trained, aug_keys, labels):
+    """(match, calibration) of the classes `labels` `[K]`: their stored images
+    `[K, ipc, H, W, Ch]`, real features `[K, B, D]` and augmentation keys `[K]`;
+    `t` `[F, D]` (None for mmd)."""
     classes, ipc = syn_images.shape[:2]
     decoded = parameterize.decode(
         syn_images.reshape((classes * ipc,) + syn_images.shape[2:]), factor)
     decoded = decoded.reshape((classes, ipc * factor**2) + decoded.shape[1:])
-    syn = augment_per_class(k_aug, normalize(decoded, mean, std))
+    syn = augment_per_class(aug_keys, normalize(decoded, mean, std))
     syn_feats, logits = embed_synthetic(blended, trained, syn)
     if cfg.loss == "ncfd":
-      t = frequencies(psi_params, psi_stats, k_freq)
       per_class = class_ncfd(real_feats, syn_feats, t, alpha=cfg.alpha,
-                                      beta=cfg.beta, freq_chunk=cfg.freq_chunk)
+                             beta=cfg.beta, freq_chunk=cfg.freq_chunk)
     elif cfg.loss == "mmd":
       per_class = class_mmd(real_feats, syn_feats)
     else:
@@ -225,10 +267,17 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
     match = (cfg.loss_scale if cfg.loss == "ncfd" else 1.0) * jnp.sum(per_class)
     calibration = jnp.zeros(())
     if cfg.calibration_weight:
-      labels = jnp.broadcast_to(jnp.arange(classes)[:, None], logits.shape[:2])
+      labels = jnp.broadcast_to(labels[:, None], logits.shape[:2])
       # Per-class mean cross-entropy summed over classes, like the match loss.
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
       calibration = jnp.sum(jnp.mean(ce, axis=1))
+    return match, calibration
+
+  def losses(syn_images, psi_params, psi_stats, real_feats, blended, trained, keys):
+    aug_keys, k_freq = keys
+    t = frequencies(psi_params, psi_stats, k_freq) if cfg.loss == "ncfd" else None
+    match, calibration = match_terms(syn_images, t, real_feats, blended, trained, aug_keys,
+                                     jnp.arange(syn_images.shape[0]))
     return match + cfg.calibration_weight * calibration, (match, calibration)
 
   def _prepare(state, pool, real_batch):
@@ -253,13 +302,8 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
                     real_feats, blended, trained, keys)
     return aux
 
-  def distill_step(state: DistillState, pool: Pool, real_batch: jax.Array):
-    real_feats, blended, trained, keys = _prepare(state, pool, real_batch)
-    grad_fn = jax.value_and_grad(losses, argnums=(0, 1), has_aux=True)
-    (_, (match, calibration)), (image_grads, psi_grads) = grad_fn(
-        state.syn_images, state.psi_params, state.psi_batch_stats, real_feats,
-        blended, trained, keys)
-
+  def apply_gradients(state, image_grads, psi_grads, match, calibration):
+    """Both players' optimizer updates from the gradients of the step's loss."""
     updates, image_opt_state = image_tx.update(
         image_grads, state.image_opt_state, state.syn_images, value=match)
     syn_images = jnp.clip(optax.apply_updates(state.syn_images, updates), 0.0, 1.0)
@@ -275,4 +319,73 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
                "lr_scale": optax.tree_utils.tree_get(image_opt_state, "scale")}
     return new_state, metrics
 
-  return DistillStep(distill_step, evaluate)
+  def distill_step(state: DistillState, pool: Pool, real_batch: jax.Array):
+    real_feats, blended, trained, keys = _prepare(state, pool, real_batch)
+    grad_fn = jax.value_and_grad(losses, argnums=(0, 1), has_aux=True)
+    (_, (match, calibration)), (image_grads, psi_grads) = grad_fn(
+        state.syn_images, state.psi_params, state.psi_batch_stats, real_feats,
+        blended, trained, keys)
+    return apply_gradients(state, image_grads, psi_grads, match, calibration)
+
+  # ------------------------------------------------------------ class blocks
+  def begin(state: DistillState, pool: Pool) -> StepDraws:
+    keys = execution.step_keys(state.key, state.step)
+    blended, trained = _member(pool, keys.member)
+    t = (frequencies(state.psi_params, state.psi_batch_stats, keys.frequencies)
+         if cfg.loss == "ncfd" else jnp.zeros((0, feature_dim)))
+    num_classes = state.syn_images.shape[0]
+    return StepDraws(blended, trained, t, jax.random.split(keys.augment, num_classes))
+
+  def block_gradients(syn_images, real_batch, draws: StepDraws, block: jax.Array,
+                      block_size: int):
+    """Gradients of block `block` (classes block*K .. block*K + K - 1): w.r.t. its
+    stored images `[K, ...]` and the frequencies `[F, D]`, with its match and
+    calibration. Only the block's activations are alive at once."""
+    take = lambda x: jax.lax.dynamic_slice_in_dim(x, block * block_size, block_size)
+    aug_keys = take(draws.aug_keys)
+    real = augment_per_class(aug_keys, normalize(take(real_batch), mean, std))
+    chunk = execution.resolve_real_chunk(cfg.get("real_chunk"), real.shape[1], block_size,
+                                         real.shape[2] * real.shape[3])
+    real_feats = jax.lax.stop_gradient(jnp.swapaxes(
+        embed_in_chunks(draws.blended, jnp.swapaxes(real, 0, 1), chunk), 0, 1))
+    labels = block * block_size + jnp.arange(block_size)
+
+    def loss_fn(syn_block, t):
+      match, calibration = match_terms(syn_block, t if cfg.loss == "ncfd" else None,
+                                       real_feats, draws.blended, draws.trained, aug_keys,
+                                       labels)
+      return match + cfg.calibration_weight * calibration, (match, calibration)
+
+    (_, (match, calibration)), (syn_grads, t_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(take(syn_images), draws.t)
+    return BlockGradients(syn_grads, t_grads, match, calibration)
+
+  def finish(state: DistillState, grads: BlockGradients):
+    """The update from the blocks' summed gradients (`syn` `[C, ...]`, the rest summed)."""
+    psi_grads = {}
+    if with_psi:
+      k_freq = execution.step_keys(state.key, state.step).frequencies
+      _, pullback = jax.vjp(lambda p: frequencies(p, state.psi_batch_stats, k_freq),
+                            state.psi_params)
+      (psi_grads,) = pullback(grads.t)
+    return apply_gradients(state, grads.syn, psi_grads, grads.match, grads.calibration)
+
+  def blocked_step(state: DistillState, pool: Pool, real_batch: jax.Array, block_size: int):
+    """The step with the classes in blocks of `block_size`, one `lax.scan` iteration
+    each: a block's gradient is taken inside its iteration (no transposed scan)."""
+    num_blocks = state.syn_images.shape[0] // block_size
+    draws = begin(state, pool)
+
+    def body(carry, block):
+      grads = block_gradients(state.syn_images, real_batch, draws, block, block_size)
+      carry = jax.tree.map(jnp.add, carry, grads._replace(syn=jnp.zeros(())))
+      return carry, grads.syn
+
+    zeros = BlockGradients(jnp.zeros(()), jnp.zeros_like(draws.t), jnp.zeros(()),
+                           jnp.zeros(()))
+    summed, syn_grads = jax.lax.scan(body, zeros, jnp.arange(num_blocks))
+    syn_grads = syn_grads.reshape(state.syn_images.shape)
+    return finish(state, summed._replace(syn=syn_grads))
+
+  return DistillStep(distill_step, evaluate,
+                     ClassBlocks(begin, block_gradients, finish, blocked_step))

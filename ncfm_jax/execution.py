@@ -15,6 +15,7 @@ what a step computes (docs/design.md, "Backend policy"):
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -106,17 +107,74 @@ class RunSteps(NamedTuple):
   jitted: Callable[..., Any]
 
 
-def make_run_steps(distill_step: Callable, distill_config, num_steps: int, *,
+def resolve_block_loop(block_loop: str | None) -> str:
+  """How class blocks run: None -> "scan" (one jitted step) on accelerators, "host"
+  (a host loop of jitted block steps) on CPU, where a `lax.scan` over
+  convolutions ran 5-25x slower."""
+  if block_loop is None:
+    return "scan" if jax.default_backend() != "cpu" else "host"
+  if block_loop not in ("scan", "host"):
+    raise ValueError(f"distill.block_loop must be scan or host, got {block_loop!r}")
+  return block_loop
+
+
+def class_block_size(distill_config, num_classes: int) -> int:
+  """Classes per block (`distill.class_block`; 0 or None: all classes at once)."""
+  block = int(distill_config.get("class_block") or 0)
+  if block <= 0 or block >= num_classes:
+    return num_classes
+  if num_classes % block:
+    raise ValueError(f"distill.class_block={block} must divide the class count "
+                     f"({num_classes})")
+  return block
+
+
+class HostBlockStep(NamedTuple):
+  """One step as a host loop over class blocks: every piece jitted on its own, so
+  only one block's activations exist at a time (what XLA:CPU runs fastest)."""
+  sample: Callable  # (state, ClassIndexedData) -> real batch [C, B, ...]
+  begin: Callable  # (state, pool) -> StepDraws
+  block_gradients: Callable  # (syn_images, real_batch, draws, block) -> BlockGradients
+  finish: Callable  # (state, summed BlockGradients) -> (state, metrics); donates state
+  step: Callable  # (state, pool, source_item) -> (state, metrics)
+
+
+def make_host_block_step(blocks, batch_real: int, block_size: int) -> HostBlockStep:
+  """`blocks` (a `distill.ClassBlocks`) run block by block from the host."""
+  sample = jax.jit(lambda state, data: sampling.sample_class_batches(
+      step_keys(state.key, state.step).sample, data, batch_real))
+  begin = jax.jit(blocks.begin)
+  block_gradients = jax.jit(functools.partial(blocks.block_gradients, block_size=block_size))
+  finish = jax.jit(blocks.finish, donate_argnums=(0,))
+
+  def step(state, pool, source_item):
+    real = (sample(state, source_item) if isinstance(source_item, sampling.ClassIndexedData)
+            else source_item)
+    draws = begin(state, pool)
+    num_blocks = state.syn_images.shape[0] // block_size
+    parts = [block_gradients(state.syn_images, real, draws, jnp.int32(b))
+             for b in range(num_blocks)]
+    summed = jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *[p._replace(syn=0.0) for p in parts])
+    return finish(state, summed._replace(syn=jnp.concatenate([p.syn for p in parts])))
+
+  return HostBlockStep(sample, begin, block_gradients, finish, step)
+
+
+def make_run_steps(distill_step, distill_config, num_steps: int, *,
                    mesh=None, class_sharded: bool = False) -> RunSteps:
   """Runs `num_steps` of `distill_step(state, pool, real_batch)` per host call.
 
-  `source` is either a `ClassIndexedData` (real batches sampled on the device
-  inside the loop: no host round trip) or a uint8 array `[num_steps, C, B, H, W, Ch]`
-  of batches streamed from the host. `distill_config.use_scan` (None: by
-  backend) runs the steps in `lax.scan`, otherwise in a Python loop over a jitted
-  step. With a `mesh` the real batch is split along B over its devices and, with
-  `class_sharded`, the synthetic images along C (`sharding.state_shardings`);
-  inputs placed with `sharding.shard_state` / `sharding.replicate` avoid a copy.
+  `distill_step` is a `distill.DistillStep` (or a bare step function). `source`
+  is either a `ClassIndexedData` (real batches sampled on the device inside the
+  loop: no host round trip) or a uint8 array `[num_steps, C, B, H, W, Ch]` of
+  batches streamed from the host. `distill_config.use_scan` (None: by backend)
+  runs the steps in `lax.scan`, otherwise in a Python loop over a jitted step.
+  `distill_config.class_block` splits the classes into blocks (`distill.ClassBlocks`):
+  in one jitted step with `block_loop="scan"`, block by block from the host with
+  `"host"` (without a mesh). With a `mesh` the real batch is split along B over
+  its devices and, with `class_sharded`, the synthetic images along C
+  (`sharding.state_shardings`); inputs placed with `sharding.shard_state` /
+  `sharding.replicate` avoid a copy.
 
   Raises:
     ValueError: with a mesh, `batch_real` (or, class sharded, the class count at
@@ -125,6 +183,18 @@ def make_run_steps(distill_step: Callable, distill_config, num_steps: int, *,
   batch_real = int(distill_config.batch_real)
   use_scan = resolve_use_scan(distill_config.use_scan)
   unroll = int(distill_config.unroll)
+  blocks = getattr(distill_step, "blocks", None)
+  distill_step = getattr(distill_step, "step", distill_step)
+  requested_block = int(distill_config.get("class_block") or 0)
+  block_loop = resolve_block_loop(distill_config.get("block_loop"))
+  if requested_block and blocks is not None and block_loop == "host" and mesh is None:
+    return _host_run_steps(blocks, distill_config, num_steps)
+  if requested_block and blocks is not None:
+    def distill_step(state, pool, real_batch, batched=distill_step):  # pylint: disable=function-redefined
+      size = class_block_size(distill_config, state.syn_images.shape[0])
+      if size == state.syn_images.shape[0]:
+        return batched(state, pool, real_batch)
+      return blocks.step(state, pool, real_batch, size)
   if mesh is not None:
     sharding.check_divisible(mesh, batch_real=batch_real)
     distill_step = sharding.constrain_real_batch(distill_step, mesh)
@@ -167,6 +237,28 @@ def make_run_steps(distill_step: Callable, distill_config, num_steps: int, *,
     if use_scan:
       return fn(state, pool, source)
     return loop_steps(fn, state, pool, source, num_steps)
+
+  return RunSteps(run, jitted)
+
+
+def _host_run_steps(blocks, distill_config, num_steps: int) -> RunSteps:
+  """`make_run_steps` for class blocks run from the host (CPU)."""
+  host_steps: dict[int, HostBlockStep] = {}
+
+  def host_step(state):
+    classes = state.syn_images.shape[0]
+    if classes not in host_steps:
+      host_steps[classes] = make_host_block_step(
+          blocks, int(distill_config.batch_real), class_block_size(distill_config, classes))
+    return host_steps[classes]
+
+  def run(state, pool, source):
+    return loop_steps(host_step(state).step, state, pool, source, num_steps)
+
+  def jitted(state, source, single_step: bool = False):
+    del state, source, single_step
+    raise ValueError("class blocks run from the host have one jitted function per "
+                     "piece: lower those of execution.make_host_block_step")
 
   return RunSteps(run, jitted)
 

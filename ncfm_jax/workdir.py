@@ -33,7 +33,8 @@ RUNTIME_KEYS = frozenset({
     "data.device_limit_mb", "data.data_dir",
     "distill.steps_per_call", "distill.use_scan", "distill.unroll",
     "distill.checkpoint_every", "distill.keep_checkpoints",
-    "distill.class_sharded",
+    "distill.class_sharded", "distill.class_block", "distill.block_loop",
+    "distill.real_chunk", "distill.syn_chunk", "distill.freq_chunk", "distill.remat_syn",
     "pretrain.steps_per_call",
 })
 

@@ -134,3 +134,26 @@ def test_mmd_is_dms_loss_on_raw_features_without_the_scale():
   want = sum(np.sum((mean_features(np.asarray(real[c]) / 255.0) - mean_features(syn[c]))**2)
              for c in range(CLASSES))
   assert float(match) == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("block_loop", ["scan", "host"])
+@pytest.mark.parametrize("overrides", [dict(), dict(loss="mmd"), dict(sampler="gaussian")])
+def test_class_blocks_give_the_all_classes_step(block_loop, overrides):
+  _, state, pool, data, step = _setup(**overrides)
+  copy = lambda s: jax.tree.map(jnp.array, s)
+  batched = execution.make_run_steps(step, _config(use_scan=False, **overrides), 2).run
+  blocked = execution.make_run_steps(
+      step, _config(use_scan=False, class_block=1, block_loop=block_loop, **overrides), 2).run
+  want, want_metrics = batched(copy(state), pool, data)
+  got, got_metrics = blocked(copy(state), pool, data)
+  np.testing.assert_allclose(got_metrics["loss"], want_metrics["loss"], rtol=1e-5)
+  np.testing.assert_allclose(got_metrics["calibration"], want_metrics["calibration"],
+                             rtol=1e-5)
+  np.testing.assert_allclose(got.syn_images, want.syn_images, atol=1e-6)
+  assert not np.allclose(got.syn_images, state.syn_images)
+  for a, b, before in zip(jax.tree.leaves(got.psi_params), jax.tree.leaves(want.psi_params),
+                          jax.tree.leaves(state.psi_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  if state.psi_params:
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(got.psi_params),
+                                                     jax.tree.leaves(state.psi_params)))
