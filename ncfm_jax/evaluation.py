@@ -123,9 +123,9 @@ def check_settings(run, sources) -> dict:
   refusal = None
   try:
     for source in sources:
-      section, key = _section(source)
+      section, entry = _section(source)
       recorded = metrics.get(section, {})
-      recorded = recorded.get(key, {}) if key else recorded
+      recorded = recorded.get(entry, {}) if entry else recorded
       for arch in run.config.eval.archs:
         wd.check_eval_settings(run.workdir, section, arch, recorded.get(arch, {}), settings)
   except wd.WorkdirError as err:
@@ -145,11 +145,11 @@ def teacher(run) -> train_lib.Teacher:
 def evaluate(run, source: str) -> dict:
   """Trains `eval.num_eval` networks per architecture on `source`; returns its section."""
   cfg = run.config.eval
-  section, key = _section(source)
+  section, entry = _section(source)
   images, labels = eval_set(run, source)
   metrics = wd.read_json(run.path("metrics.json"), {})
   results = dict(metrics.get(section, {}))
-  results = dict(results.get(key, {})) if key else results
+  results = dict(results.get(entry, {})) if entry else results
   num_steps = eval_steps(run.config, run.num_classes)
   settings = check_settings(run, [source])
   soft_teacher = teacher(run) if cfg.soft_labels else None
@@ -167,9 +167,9 @@ def evaluate(run, source: str) -> dict:
       runs.append(acc)
       results[arch] = {"mean": float(np.mean(runs)), "std": float(np.std(runs)),
                        "runs": runs, "steps": num_steps, "settings": settings}
-      if key:
+      if entry:
         stored = dict(wd.read_json(run.path("metrics.json"), {}).get(section, {}))
-        wd.update_metrics(run.workdir, **{section: {**stored, key: results}})
+        wd.update_metrics(run.workdir, **{section: {**stored, entry: results}})
       else:
         wd.update_metrics(run.workdir, **{section: results})  # resumable per run
       print(f"[eval] {source} {arch} run {repeat + 1}: {acc:.2f}%", flush=True)
@@ -178,9 +178,9 @@ def evaluate(run, source: str) -> dict:
 
 def missing_runs(config, metrics: dict, source: str) -> bool:
   """True when `source` has fewer than `eval.num_eval` runs for some architecture."""
-  section, key = _section(source)
+  section, entry = _section(source)
   done = metrics.get(section, {})
-  done = done.get(key, {}) if key else done
+  done = done.get(entry, {}) if entry else done
   return any(len(done.get(arch, {}).get("runs", [])) < config.eval.num_eval
              for arch in config.eval.archs)
 

@@ -106,6 +106,8 @@ def check_config(workdir: str, config) -> bool:
   # A field added since the workdir was written counts as its default there.
   defaults = result_defining(config_lib.base_config())
   stored = {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
+  # ... and one that became a runtime setting since no longer defines the run.
+  stored = {k: v for k, v in stored.items() if k not in RUNTIME_KEYS}
   diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
   if diff:
     shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff[:4])
