@@ -86,31 +86,25 @@ def check_norm(norm: str) -> None:
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
-class InstanceNorm(nn.Module):
-  """Per-sample, per-channel normalisation over H, W with an affine map.
+class InstanceNorm(nn.InstanceNorm):
+  """Per-sample, per-channel normalisation over H, W with an affine map (`scale`, `bias`).
 
-  Equal to `nn.GroupNorm(group_size=1)` (same `scale`/`bias` parameters) but
-  written with plain reductions over the spatial axes: on XLA:CPU its backward
-  pass measured 4x faster than GroupNorm's grouped reshape (README, "Speed").
+  `flax.linen.InstanceNorm` with PyTorch's epsilon and the two-pass variance
+  E[(x - E[x])^2] (`use_fast_variance=False`). On the distillation pass (input
+  gradient of ConvNet-3 width 128, 100 images, XLA:CPU) it is as fast as a hand-written
+  version with plain reductions and faster as a single layer; flax's default one-pass
+  variance is slower there. Figures and command: results/bench_norm_cpu_2026-12-02.json
+  (`python -m ncfm_jax.bench_norm`).
   """
   epsilon: float = NORM_EPSILON
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    channels = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (channels,))
-    bias = self.param("bias", nn.initializers.zeros, (channels,))
-    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-    centered = x - mean
-    var = jnp.mean(jnp.square(centered), axis=(1, 2), keepdims=True)
-    return centered * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+  use_fast_variance: bool = False
 
 
 def normalize(x: jax.Array, norm: str, *, train: bool, name: str) -> jax.Array:
   """Applies the named normalisation to `x` `[B, H, W, C]`.
 
-  - "instance": GroupNorm with one channel per group (per sample, per channel over H, W),
-    affine; what the DD code bases call `instancenorm` (`nn.GroupNorm(C, C)`).
+  - "instance": InstanceNorm (per sample, per channel over H, W), affine; what the DD
+    code bases call `instancenorm` (`nn.GroupNorm(C, C)`).
   - "group": GroupNorm with GROUP_NORM_GROUPS groups, affine.
   - "batch": BatchNorm; batch statistics when `train` (needs `mutable=["batch_stats"]`),
     running averages otherwise.
