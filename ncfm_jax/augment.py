@@ -1,4 +1,4 @@
-"""Differentiable Siamese augmentation (DSA family) and CutMix (DESIGN.md section 7).
+"""Differentiable Siamese augmentation (DSA family) and CutMix (docs/design.md section 7).
 
 Pure functions of `(key, images [B, H, W, C])` on normalised images, differentiable
 w.r.t. the pixels, jittable and vmappable; the strategy string is static (Python).

@@ -3,7 +3,8 @@
 Every config file is `get_config(arg=None) -> ml_collections.ConfigDict`, in the
 big_vision style: `--config=configs/cifar10.py:ipc=10,quick`. The arg string is
 a comma-separated list of `key=value` pairs and bare flags; unknown keys raise.
-Numbers marked (release) are the authors' PyTorch release defaults (DESIGN.md).
+Numbers marked (release) are the authors' PyTorch release defaults; the README
+lists them per paper cell and where we differ on purpose.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.depth = 3
   config.model.norm = "instance"
 
-  # The pool of feature extractors (DESIGN.md section 5).
+  # The pool of feature extractors (docs/design.md section 5).
   config.pretrain = ml_collections.ConfigDict()
   config.pretrain.num_models = 20  # (release) num_premodel
   config.pretrain.epochs = 60  # (release) 60 for 32 px, 80 for 128 px
@@ -95,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.pretrain.cutmix_beta = 1.0
   config.pretrain.steps_per_call = 50
 
-  # The min-max loop (DESIGN.md section 4).
+  # The min-max loop (docs/design.md section 4).
   config.distill = ml_collections.ConfigDict()
   config.distill.ipc = 10
   config.distill.factor = 2
@@ -152,7 +153,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.distill.checkpoint_every = 500
   config.distill.keep_checkpoints = 2
 
-  # Training networks from scratch on the synthetic set (DESIGN.md section 8).
+  # Training networks from scratch on the synthetic set (docs/design.md section 8).
   config.eval = ml_collections.ConfigDict()
   config.eval.source = "distilled"  # distilled | random_real | init | file:PATH
   # eval.source=file:PATH holds factor-tiled stored images: decode them first.

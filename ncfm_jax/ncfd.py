@@ -1,7 +1,7 @@
 """Neural Characteristic Function Discrepancy (NCFD) and the MMD baseline.
 
 Everything here is a pure, jittable function of feature matrices and frequencies
-(NCFM, CVPR 2025, section 4.2; DESIGN.md section 2). Features are passed already
+(NCFM, CVPR 2025, section 4.2; docs/design.md section 2). Features are passed already
 L2-normalised by the caller; nothing here normalises them.
 
 Notation: real features ``x`` ``[N, D]``, synthetic features ``y`` ``[M, D]``,
@@ -27,7 +27,7 @@ from jax.ad_checkpoint import checkpoint_name
 from jax.typing import ArrayLike
 
 # Lower bound of the phase term and of the square root's argument: keeps the
-# gradient of sqrt finite when the two ECFs coincide (DESIGN.md section 2).
+# gradient of sqrt finite when the two ECFs coincide (docs/design.md section 2).
 PHASE_FLOOR = 1e-12
 
 # Name under which each frequency block saves its ECFs for the backward pass.
@@ -374,7 +374,7 @@ def class_ncfd(
     ``[C]`` NCFD per class.
 
   References:
-    NCFM (CVPR 2025), section 4.2.3; DESIGN.md section 4 step 3.
+    NCFM (CVPR 2025), section 4.2.3; docs/design.md section 4 step 3.
   """
   real, syn, t = jnp.asarray(real), jnp.asarray(syn), jnp.asarray(t)
   _validate_sets(real, syn, class_axis=True)
@@ -444,7 +444,7 @@ def gaussian_frequencies(
     ``t [F, D]``.
 
   References:
-    NCFM (CVPR 2025), section 4.2.2; DESIGN.md section 3 (release default).
+    NCFM (CVPR 2025), section 4.2.2; docs/design.md section 3 (release default).
   """
   if num_freqs < 1 or dim < 1:
     raise ValueError(

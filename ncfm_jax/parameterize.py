@@ -1,4 +1,4 @@
-"""Synthetic-set parameterisation by multi-formation (DESIGN.md section 6; IDC, Kim et al.
+"""Synthetic-set parameterisation by multi-formation (docs/design.md section 6; IDC, Kim et al.
 2022, as used by the NCFM release with factor 2).
 
 A stored image of size H x W holds factor x factor tiles; `decode` cuts the tiles and

@@ -1,6 +1,6 @@
 """The sampling network psi: a learned distribution of NCFD frequencies.
 
-psi is the "max" player of NCFM (CVPR 2025, section 4.2.2; DESIGN.md section 3).
+psi is the "max" player of NCFM (CVPR 2025, section 4.2.2; docs/design.md section 3).
 It maps a fixed-shape batch of Gaussian noise ``[K, noise_dim]`` through three
 Dense layers (BatchNorm after the first two; LeakyReLU(0.2), LeakyReLU(0.2),
 Tanh) to K rows in ``(-1, 1)^D``, K = num_freqs / group_size (group_size = 16

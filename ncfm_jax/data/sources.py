@@ -2,7 +2,7 @@
 
 The result is a ``Dataset`` of host (numpy) arrays: uint8 images [N, S, S, C] at
 ``data.image_size`` and int32 labels, plus the per-channel mean/std used to normalise
-them (DESIGN.md section 10; computed from the training images for datasets not in the
+them (docs/design.md section 10; computed from the training images for datasets not in the
 table).
 
 ``data`` config fields (all optional except ``name``):
@@ -84,7 +84,7 @@ class DatasetSpec(NamedTuple):
 
   Attributes:
     image_size: the side used in the paper (default ``data.image_size``).
-    mean, std: normalisation statistics (DESIGN.md section 10).
+    mean, std: normalisation statistics (docs/design.md section 10).
     default_source: the source ``auto`` picks when nothing else decides.
     tfds_name: tfds builder name, or None when there is none.
     tfds_test_split: the tfds split used as the test set.

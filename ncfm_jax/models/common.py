@@ -6,7 +6,7 @@ Initialisation follows PyTorch's defaults (the release and the DC/DSA/DM/MTT cod
 train PyTorch modules with their default init): conv and dense kernels and biases are
 `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` (kaiming_uniform with a = sqrt(5) gives exactly this
 bound for the kernel). This matters beyond evaluation because the distillation blends
-`b * init + (1 - b) * trained` parameters (DESIGN.md section 4), so the scale of the
+`b * init + (1 - b) * trained` parameters (docs/design.md section 4), so the scale of the
 initial parameters shapes the features that are matched.
 """
 

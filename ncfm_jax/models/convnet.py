@@ -1,4 +1,4 @@
-"""ConvNet-D, the dataset-distillation standard network (DESIGN.md section 9).
+"""ConvNet-D, the dataset-distillation standard network (docs/design.md section 9).
 
 `depth` blocks of [3x3 conv (bias) -> norm -> ReLU -> 2x2 pool stride 2], flatten ->
 features -> linear classifier, as `ConvNet` in the DC/DSA/DM/MTT code bases and the
