@@ -122,7 +122,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.distill.syn_chunk = ml_collections.FieldReference(None, field_type=int)
   # Run the synthetic passes one after another (lax.map) and recompute each in the
   # backward pass: activation memory of one pass instead of all, for large
-  # ipc x classes (or image sizes) on small memory; ~2.5x slower on XLA:CPU.
+  # ipc x classes (or image sizes) on small memory; the lax.map backward ran
+  # ~2.5x slower than unrolled passes on XLA:CPU.
   config.distill.remat_syn = False
   # Classes per block (0: all classes in one batched forward/backward): the step
   # takes each block's gradient in turn, so only one block's activations exist.
@@ -143,7 +144,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.distill.augment = "color_crop_cutout"
   # Steps run per host call: `lax.scan` over this many steps when use_scan,
   # else a Python loop over a jitted single step. None = scan on GPU/TPU, loop
-  # on CPU, where the scan measured 2.3x slower (README, "Step benchmark").
+  # on CPU, where the scanned step measured 2.3x slower (docs/design.md section 11).
   config.distill.steps_per_call = 10
   # With several devices: split the synthetic images by class too (C divisible by
   # the device count); otherwise they are replicated and only real data is split.

@@ -7,8 +7,9 @@ what a step computes (docs/design.md, "Backend policy"):
   cache-sized passes on CPU and all at once on GPU/TPU (`resolve_real_chunk`,
   `resolve_syn_chunk`);
 * scan or loop (`resolve_use_scan`): `lax.scan` over the steps of one host
-  call on GPU/TPU; on CPU a Python loop of one jitted step, because a ConvNet
-  inside `lax.scan` ran 5-25x slower on XLA:CPU;
+  call on GPU/TPU; on CPU a Python loop of one jitted step, because XLA:CPU runs
+  convolutions inside `lax.scan` slowly (the distillation step 2.3x slower,
+  classifier-training steps 5-25x; docs/design.md section 11);
 * devices (`make_run_steps(..., mesh=...)`): with a mesh the same step runs
   data parallel (the real batch split along B) or class sharded (`sharding`).
 """
@@ -31,7 +32,7 @@ CPU_PASS_PIXELS = 128 * 32 * 32
 
 def resolve_use_scan(use_scan: bool | None) -> bool:
   """None -> `lax.scan` on accelerators, a Python loop of jitted steps on CPU,
-  where a ConvNet inside `lax.scan` measured 5-25x slower (docs/design.md)."""
+  where convolutions inside `lax.scan` run slowly (docs/design.md section 11)."""
   if use_scan is None:
     return jax.default_backend() != "cpu"
   return bool(use_scan)
@@ -109,8 +110,8 @@ class RunSteps(NamedTuple):
 
 def resolve_block_loop(block_loop: str | None) -> str:
   """How class blocks run: None -> "scan" (one jitted step) on accelerators, "host"
-  (a host loop of jitted block steps) on CPU, where a `lax.scan` over
-  convolutions ran 5-25x slower."""
+  (a host loop of jitted block steps) on CPU, where convolutions inside
+  `lax.scan` run slowly (docs/design.md section 11)."""
   if block_loop is None:
     return "scan" if jax.default_backend() != "cpu" else "host"
   if block_loop not in ("scan", "host"):
