@@ -138,6 +138,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.distill.weight_decay = 5e-4
   config.distill.plateau_patience = 500
   config.distill.plateau_factor = 0.5
+  # What reduce-on-plateau watches: "loss" (the match loss, which psi's ascent
+  # pushes up), "fixed_ncfd" (the NCFD at fixed Gaussian frequencies: psi-free),
+  # "calibration", or "none" (a fixed learning rate).
+  config.distill.plateau_monitor = "loss"
   config.distill.psi_lr = 1e-3
   config.distill.psi_momentum = 0.5
   config.distill.calibration_weight = 1.0
@@ -203,6 +207,9 @@ def validate_config(config, *, model_names: Sequence[str], eval_sources: Sequenc
       (d.loss in ("ncfd", "mmd"), f"distill.loss must be ncfd or mmd, got {d.loss!r}"),
       (d.sampler in ("psi", "gaussian"),
        f"distill.sampler must be psi or gaussian, got {d.sampler!r}"),
+      (d.plateau_monitor in ("loss", "fixed_ncfd", "calibration", "none"),
+       f"distill.plateau_monitor must be loss, fixed_ncfd, calibration or none, "
+       f"got {d.plateau_monitor!r}"),
       (d.init in ("mix", "real", "noise"),
        f"distill.init must be mix, real or noise, got {d.init!r}"),
       (d.num_freqs >= 1 and d.batch_real >= 1 and d.steps >= 0,

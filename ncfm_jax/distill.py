@@ -65,13 +65,30 @@ def uses_psi(distill_config) -> bool:
   return distill_config.loss == "ncfd" and distill_config.sampler == "psi"
 
 
+PLATEAU_MONITORS = ("loss", "fixed_ncfd", "calibration", "none")
+
+# fold_in stream of the monitor's fixed frequencies (never a step number).
+_MONITOR_STREAM = 2**31 - 1
+
+
 def image_optimizer(distill_config) -> optax.GradientTransformationExtraArgs:
-  """AdamW with reduce-on-plateau on the match loss (release: x0.5 after 500 flat steps)."""
+  """AdamW with reduce-on-plateau (release: x0.5 after 500 flat steps of the match
+  loss); `plateau_monitor="none"` keeps the learning rate fixed."""
+  fixed = distill_config.get("plateau_monitor", "loss") == "none"
   return optax.chain(
       optax.adamw(distill_config.lr, weight_decay=distill_config.weight_decay),
       optax.contrib.reduce_on_plateau(
-          factor=distill_config.plateau_factor,
-          patience=distill_config.plateau_patience))
+          factor=distill_config.plateau_factor, patience=distill_config.plateau_patience,
+          min_scale=1.0 if fixed else 0.0))
+
+
+def monitor_frequencies(key: jax.Array, distill_config, feature_dim: int) -> jax.Array:
+  """The psi-free monitor's frequencies `[F, D]` ~ N(0, I), the same at every step
+  (`[0, D]` unless `plateau_monitor="fixed_ncfd"`)."""
+  if distill_config.get("plateau_monitor", "loss") != "fixed_ncfd":
+    return jnp.zeros((0, feature_dim))
+  return gaussian_frequencies(jax.random.fold_in(key, _MONITOR_STREAM),
+                              distill_config.num_freqs, feature_dim)
 
 
 def psi_optimizer(distill_config) -> optax.GradientTransformation:
@@ -120,14 +137,21 @@ class StepDraws(NamedTuple):
   trained: Any  # variables of the trained member (calibration)
   t: jax.Array  # frequencies [F, D] ([0, D] for mmd)
   aug_keys: jax.Array  # one siamese augmentation key per class [C]
+  monitor_t: jax.Array  # fixed frequencies of the psi-free plateau monitor ([0, D] unused)
+
+
+class LossTerms(NamedTuple):
+  """A step's (or a block's) loss terms, each summed over its classes."""
+  match: jax.Array  # loss_scale * NCFD (or DM's MMD): what the images descend
+  calibration: jax.Array  # the trained member's cross-entropy on the synthetic images
+  monitor: jax.Array  # what reduce-on-plateau watches (`distill.plateau_monitor`)
 
 
 class BlockGradients(NamedTuple):
   """One block's (or the summed) gradients and loss terms."""
   syn: jax.Array  # d loss / d stored images of the block [K, ipc, H, W, Ch]
   t: jax.Array  # d match / d frequencies [F, D]
-  match: jax.Array
-  calibration: jax.Array
+  terms: LossTerms
 
 
 class ClassBlocks(NamedTuple):
@@ -159,8 +183,8 @@ class DistillStep(NamedTuple):
     step: `(state, pool, real_batch) -> (state, metrics)`, `real_batch` uint8
       `[C, B, H, W, Ch]`; metrics `{"loss", "calibration", "lr_scale"}`; all
       classes in one batched forward and backward.
-    evaluate: `(state, pool, real_batch) -> (match, calibration)` of `state`
-      with the randomness of its step, nothing updated.
+    evaluate: `(state, pool, real_batch) -> LossTerms` of `state` with the
+      randomness of its step, nothing updated.
     blocks: the same step over blocks of classes (bounded memory).
   """
   step: Callable
@@ -246,10 +270,11 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
                                 dim=feature_dim, **psi_settings(cfg))
     return gaussian_frequencies(key, cfg.num_freqs, feature_dim)
 
-  def match_terms(syn_images, t, real_feats, blended, trained, aug_keys, labels):
-    """(match, calibration) of the classes `labels` `[K]`: their stored images
+  def match_terms(syn_images, t, real_feats, blended, trained, aug_keys, labels,
+                  monitor_t) -> LossTerms:
+    """LossTerms of the classes `labels` `[K]`: their stored images
     `[K, ipc, H, W, Ch]`, real features `[K, B, D]` and augmentation keys `[K]`;
-    `t` `[F, D]` (None for mmd)."""
+    `t` `[F, D]` (None for mmd); `monitor_t` the plateau monitor's frequencies."""
     classes, ipc = syn_images.shape[:2]
     decoded = parameterize.decode(
         syn_images.reshape((classes * ipc,) + syn_images.shape[2:]), factor)
@@ -271,14 +296,20 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
       # Per-class mean cross-entropy summed over classes, like the match loss.
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
       calibration = jnp.sum(jnp.mean(ce, axis=1))
-    return match, calibration
+    monitor = {"loss": match, "calibration": calibration, "none": match}.get(
+        cfg.get("plateau_monitor", "loss"))
+    if monitor is None:  # fixed_ncfd: the NCFD at fixed Gaussian frequencies, psi-free
+      monitor = cfg.loss_scale * jnp.sum(class_ncfd(
+          jax.lax.stop_gradient(real_feats), jax.lax.stop_gradient(syn_feats), monitor_t,
+          alpha=cfg.alpha, beta=cfg.beta, freq_chunk=cfg.freq_chunk))
+    return LossTerms(match, calibration, monitor)
 
   def losses(syn_images, psi_params, psi_stats, real_feats, blended, trained, keys):
-    aug_keys, k_freq = keys
+    aug_keys, k_freq, monitor_t = keys
     t = frequencies(psi_params, psi_stats, k_freq) if cfg.loss == "ncfd" else None
-    match, calibration = match_terms(syn_images, t, real_feats, blended, trained, aug_keys,
-                                     jnp.arange(syn_images.shape[0]))
-    return match + cfg.calibration_weight * calibration, (match, calibration)
+    terms = match_terms(syn_images, t, real_feats, blended, trained, aug_keys,
+                        jnp.arange(syn_images.shape[0]), monitor_t)
+    return terms.match + cfg.calibration_weight * terms.calibration, terms
 
   def _prepare(state, pool, real_batch):
     """Per-step randomness, the extractor draw and the real features (no gradient)."""
@@ -293,19 +324,20 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
                                          real_batch.shape[2] * real_batch.shape[3])
     real_feats = embed_in_chunks(blended, jnp.swapaxes(real, 0, 1), chunk)
     real_feats = jnp.swapaxes(real_feats, 0, 1)
-    return (jax.lax.stop_gradient(real_feats), blended, trained, (aug_keys, keys.frequencies))
+    return (jax.lax.stop_gradient(real_feats), blended, trained,
+            (aug_keys, keys.frequencies, monitor_frequencies(state.key, cfg, feature_dim)))
 
   def evaluate(state: DistillState, pool: Pool, real_batch: jax.Array):
-    """(match, calibration) of `state` with the randomness of its step (for tests)."""
+    """LossTerms of `state` with the randomness of its step (for tests)."""
     real_feats, blended, trained, keys = _prepare(state, pool, real_batch)
     _, aux = losses(state.syn_images, state.psi_params, state.psi_batch_stats,
                     real_feats, blended, trained, keys)
     return aux
 
-  def apply_gradients(state, image_grads, psi_grads, match, calibration):
+  def apply_gradients(state, image_grads, psi_grads, terms: LossTerms):
     """Both players' optimizer updates from the gradients of the step's loss."""
     updates, image_opt_state = image_tx.update(
-        image_grads, state.image_opt_state, state.syn_images, value=match)
+        image_grads, state.image_opt_state, state.syn_images, value=terms.monitor)
     syn_images = jnp.clip(optax.apply_updates(state.syn_images, updates), 0.0, 1.0)
 
     # psi is not in the calibration term, so psi_grads is d(match)/d(psi): ascend.
@@ -315,17 +347,18 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
 
     new_state = DistillState(state.step + 1, syn_images, image_opt_state, psi_params,
                              state.psi_batch_stats, psi_opt_state, state.key)
-    metrics = {"loss": match, "calibration": calibration,
+    metrics = {"loss": terms.match, "calibration": terms.calibration,
+               "monitor": terms.monitor,
                "lr_scale": optax.tree_utils.tree_get(image_opt_state, "scale")}
     return new_state, metrics
 
   def distill_step(state: DistillState, pool: Pool, real_batch: jax.Array):
     real_feats, blended, trained, keys = _prepare(state, pool, real_batch)
     grad_fn = jax.value_and_grad(losses, argnums=(0, 1), has_aux=True)
-    (_, (match, calibration)), (image_grads, psi_grads) = grad_fn(
+    (_, terms), (image_grads, psi_grads) = grad_fn(
         state.syn_images, state.psi_params, state.psi_batch_stats, real_feats,
         blended, trained, keys)
-    return apply_gradients(state, image_grads, psi_grads, match, calibration)
+    return apply_gradients(state, image_grads, psi_grads, terms)
 
   # ------------------------------------------------------------ class blocks
   def begin(state: DistillState, pool: Pool) -> StepDraws:
@@ -334,7 +367,8 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
     t = (frequencies(state.psi_params, state.psi_batch_stats, keys.frequencies)
          if cfg.loss == "ncfd" else jnp.zeros((0, feature_dim)))
     num_classes = state.syn_images.shape[0]
-    return StepDraws(blended, trained, t, jax.random.split(keys.augment, num_classes))
+    return StepDraws(blended, trained, t, jax.random.split(keys.augment, num_classes),
+                     monitor_frequencies(state.key, cfg, feature_dim))
 
   def block_gradients(syn_images, real_batch, draws: StepDraws, block: jax.Array,
                       block_size: int):
@@ -351,14 +385,13 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
     labels = block * block_size + jnp.arange(block_size)
 
     def loss_fn(syn_block, t):
-      match, calibration = match_terms(syn_block, t if cfg.loss == "ncfd" else None,
-                                       real_feats, draws.blended, draws.trained, aug_keys,
-                                       labels)
-      return match + cfg.calibration_weight * calibration, (match, calibration)
+      terms = match_terms(syn_block, t if cfg.loss == "ncfd" else None, real_feats,
+                          draws.blended, draws.trained, aug_keys, labels, draws.monitor_t)
+      return terms.match + cfg.calibration_weight * terms.calibration, terms
 
-    (_, (match, calibration)), (syn_grads, t_grads) = jax.value_and_grad(
+    (_, terms), (syn_grads, t_grads) = jax.value_and_grad(
         loss_fn, argnums=(0, 1), has_aux=True)(take(syn_images), draws.t)
-    return BlockGradients(syn_grads, t_grads, match, calibration)
+    return BlockGradients(syn_grads, t_grads, terms)
 
   def finish(state: DistillState, grads: BlockGradients):
     """The update from the blocks' summed gradients (`syn` `[C, ...]`, the rest summed)."""
@@ -368,7 +401,7 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
       _, pullback = jax.vjp(lambda p: frequencies(p, state.psi_batch_stats, k_freq),
                             state.psi_params)
       (psi_grads,) = pullback(grads.t)
-    return apply_gradients(state, grads.syn, psi_grads, grads.match, grads.calibration)
+    return apply_gradients(state, grads.syn, psi_grads, grads.terms)
 
   def blocked_step(state: DistillState, pool: Pool, real_batch: jax.Array, block_size: int):
     """The step with the classes in blocks of `block_size`, one `lax.scan` iteration
@@ -381,8 +414,8 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
       carry = jax.tree.map(jnp.add, carry, grads._replace(syn=jnp.zeros(())))
       return carry, grads.syn
 
-    zeros = BlockGradients(jnp.zeros(()), jnp.zeros_like(draws.t), jnp.zeros(()),
-                           jnp.zeros(()))
+    zeros = BlockGradients(jnp.zeros(()), jnp.zeros_like(draws.t),
+                           LossTerms(jnp.zeros(()), jnp.zeros(()), jnp.zeros(())))
     summed, syn_grads = jax.lax.scan(body, zeros, jnp.arange(num_blocks))
     syn_grads = syn_grads.reshape(state.syn_images.shape)
     return finish(state, summed._replace(syn=syn_grads))

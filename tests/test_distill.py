@@ -157,3 +157,27 @@ def test_class_blocks_give_the_all_classes_step(block_loop, overrides):
   if state.psi_params:
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(got.psi_params),
                                                      jax.tree.leaves(state.psi_params)))
+
+
+def test_psi_free_plateau_monitor_ignores_psi_and_none_keeps_the_lr():
+  config, state, pool, data, step = _setup(plateau_monitor="fixed_ncfd")
+  batch = sampling.sample_class_batches(jax.random.PRNGKey(1), data, config.batch_real)
+  evaluate = jax.jit(step.evaluate)
+  terms = evaluate(state, pool, batch)
+  moved_psi = state._replace(psi_params=jax.tree.map(lambda x: x + 0.5, state.psi_params))
+  moved_terms = evaluate(moved_psi, pool, batch)
+  assert float(moved_terms.match) != pytest.approx(float(terms.match), rel=1e-4)
+  assert float(moved_terms.monitor) == pytest.approx(float(terms.monitor), rel=1e-6)
+  assert float(terms.monitor) > 0 and float(terms.monitor) != float(terms.match)
+  moved_images = state._replace(syn_images=jnp.clip(state.syn_images + 0.3, 0, 1))
+  assert float(evaluate(moved_images, pool, batch).monitor) != float(terms.monitor)
+
+  _, state, pool, data, step = _setup(plateau_monitor="none", plateau_patience=1)
+  run = execution.make_run_steps(step, _config(plateau_monitor="none", plateau_patience=1,
+                                               use_scan=False), 6).run
+  _, metrics = run(state, pool, data)
+  np.testing.assert_array_equal(metrics["lr_scale"], 1.0)
+  _, state, pool, data, step = _setup(plateau_patience=1)
+  _, metrics = execution.make_run_steps(step, _config(plateau_patience=1, use_scan=False),
+                                        6).run(state, pool, data)
+  assert float(np.min(metrics["lr_scale"])) < 1.0  # the default does reduce
