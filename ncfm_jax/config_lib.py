@@ -145,6 +145,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.distill.psi_lr = 1e-3
   config.distill.psi_momentum = 0.5
   config.distill.calibration_weight = 1.0
+  # "folded": the calibration cross-entropy joins the match loss in one backward
+  # pass, on the same augmentation draw; "separate": the release's extra image
+  # update from it after the match update, on its own draw.
+  config.distill.calibration_mode = "folded"
+  # "shared": one frequency draw for every class of a step; "per_class": one each,
+  # as the release (which loops the classes) draws them.
+  config.distill.frequency_draw = "shared"
   config.distill.augment = "color_crop_cutout"
   # Steps run per host call: `lax.scan` over this many steps when use_scan,
   # else a Python loop over a jitted single step. None = scan on GPU/TPU, loop
@@ -210,6 +217,12 @@ def validate_config(config, *, model_names: Sequence[str], eval_sources: Sequenc
       (d.plateau_monitor in ("loss", "fixed_ncfd", "calibration", "none"),
        f"distill.plateau_monitor must be loss, fixed_ncfd, calibration or none, "
        f"got {d.plateau_monitor!r}"),
+      (d.calibration_mode in ("folded", "separate"),
+       f"distill.calibration_mode must be folded or separate, got {d.calibration_mode!r}"),
+      (d.frequency_draw in ("shared", "per_class"),
+       f"distill.frequency_draw must be shared or per_class, got {d.frequency_draw!r}"),
+      (not d.class_block or (d.calibration_mode == "folded" and d.frequency_draw == "shared"),
+       "distill.class_block needs calibration_mode=folded and frequency_draw=shared"),
       (d.init in ("mix", "real", "noise"),
        f"distill.init must be mix, real or noise, got {d.init!r}"),
       (d.num_freqs >= 1 and d.batch_real >= 1 and d.steps >= 0,

@@ -76,10 +76,15 @@ def image_optimizer(distill_config) -> optax.GradientTransformationExtraArgs:
   loss); `plateau_monitor="none"` keeps the learning rate fixed."""
   fixed = distill_config.get("plateau_monitor", "loss") == "none"
   return optax.chain(
-      optax.adamw(distill_config.lr, weight_decay=distill_config.weight_decay),
+      image_tx_adam(distill_config),
       optax.contrib.reduce_on_plateau(
           factor=distill_config.plateau_factor, patience=distill_config.plateau_patience,
           min_scale=1.0 if fixed else 0.0))
+
+
+def image_tx_adam(distill_config) -> optax.GradientTransformation:
+  """The AdamW part of `image_optimizer` (its first state in the chain)."""
+  return optax.adamw(distill_config.lr, weight_decay=distill_config.weight_decay)
 
 
 def monitor_frequencies(key: jax.Array, distill_config, feature_dim: int) -> jax.Array:
@@ -207,7 +212,10 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
   factor = int(cfg.factor)
   strategy = cfg.augment
   with_psi = uses_psi(cfg)
+  per_class_draw = cfg.get("frequency_draw", "shared") == "per_class"
+  separate_calibration = cfg.get("calibration_mode", "folded") == "separate"
   image_tx = image_optimizer(cfg)
+  image_adam = image_tx_adam(cfg)
   psi_tx = psi_optimizer(cfg)
 
   def embed(variables, images):
@@ -264,11 +272,17 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
     outs = [one_pass(syn[:, i:i + chunk]) for i in range(0, per_class, chunk)]
     return jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=1), *outs)
 
-  def frequencies(psi_params, psi_stats, key):
-    if with_psi:
-      return sampler_lib.sample(psi_params, psi_stats, key, num_freqs=cfg.num_freqs,
-                                dim=feature_dim, **psi_settings(cfg))
-    return gaussian_frequencies(key, cfg.num_freqs, feature_dim)
+  def frequencies(psi_params, psi_stats, key, num_classes: int = 0):
+    """`t` `[F, D]` shared by every class, or `[C, F, D]` with
+    `frequency_draw="per_class"` (the release draws per class as it loops them)."""
+    def draw(k):
+      if with_psi:
+        return sampler_lib.sample(psi_params, psi_stats, k, num_freqs=cfg.num_freqs,
+                                  dim=feature_dim, **psi_settings(cfg))
+      return gaussian_frequencies(k, cfg.num_freqs, feature_dim)
+    if per_class_draw:
+      return jax.vmap(draw)(jax.random.split(key, num_classes))
+    return draw(key)
 
   def match_terms(syn_images, t, real_feats, blended, trained, aug_keys, labels,
                   monitor_t) -> LossTerms:
@@ -281,7 +295,11 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
     decoded = decoded.reshape((classes, ipc * factor**2) + decoded.shape[1:])
     syn = augment_per_class(aug_keys, normalize(decoded, mean, std))
     syn_feats, logits = embed_synthetic(blended, trained, syn)
-    if cfg.loss == "ncfd":
+    if cfg.loss == "ncfd" and t.ndim == 3:  # one draw per class
+      per_class = jax.vmap(lambda r, y, tc: class_ncfd(
+          r[None], y[None], tc, alpha=cfg.alpha, beta=cfg.beta,
+          freq_chunk=cfg.freq_chunk)[0])(real_feats, syn_feats, t)
+    elif cfg.loss == "ncfd":
       per_class = class_ncfd(real_feats, syn_feats, t, alpha=cfg.alpha,
                              beta=cfg.beta, freq_chunk=cfg.freq_chunk)
     elif cfg.loss == "mmd":
@@ -291,7 +309,7 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
     # The release's x300 per-class scale belongs to its NCFD; DM's MMD has none.
     match = (cfg.loss_scale if cfg.loss == "ncfd" else 1.0) * jnp.sum(per_class)
     calibration = jnp.zeros(())
-    if cfg.calibration_weight:
+    if cfg.calibration_weight and not separate_calibration:
       labels = jnp.broadcast_to(labels[:, None], logits.shape[:2])
       # Per-class mean cross-entropy summed over classes, like the match loss.
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -304,9 +322,35 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
           alpha=cfg.alpha, beta=cfg.beta, freq_chunk=cfg.freq_chunk))
     return LossTerms(match, calibration, monitor)
 
+  def separate_calibration_update(state: DistillState, trained, key):
+    """The release's calibration: after the match update, one more image update from
+    the trained member's cross-entropy on a fresh augmentation draw (same AdamW,
+    at the plateau's current scale, which counts the step once)."""
+    classes = state.syn_images.shape[0]
+
+    def cross_entropy(syn_images):
+      decoded = parameterize.decode(
+          syn_images.reshape((-1,) + syn_images.shape[2:]), factor)
+      decoded = decoded.reshape((classes, -1) + decoded.shape[1:])
+      syn = augment_per_class(jax.random.split(key, classes), normalize(decoded, mean, std))
+      logits = embed(trained, syn)[1]
+      labels = jnp.broadcast_to(jnp.arange(classes)[:, None], logits.shape[:2])
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      return jnp.sum(jnp.mean(ce, axis=1))
+
+    calibration, grads = jax.value_and_grad(cross_entropy)(state.syn_images)
+    adam_state, plateau_state = state.image_opt_state  # the chain's two states
+    updates, adam_state = image_adam.update(cfg.calibration_weight * grads, adam_state,
+                                            state.syn_images)
+    updates = optax.tree_utils.tree_get(plateau_state, "scale") * updates
+    syn_images = jnp.clip(optax.apply_updates(state.syn_images, updates), 0.0, 1.0)
+    return state._replace(syn_images=syn_images,
+                          image_opt_state=(adam_state, plateau_state)), calibration
+
   def losses(syn_images, psi_params, psi_stats, real_feats, blended, trained, keys):
     aug_keys, k_freq, monitor_t = keys
-    t = frequencies(psi_params, psi_stats, k_freq) if cfg.loss == "ncfd" else None
+    t = (frequencies(psi_params, psi_stats, k_freq, syn_images.shape[0])
+         if cfg.loss == "ncfd" else None)
     terms = match_terms(syn_images, t, real_feats, blended, trained, aug_keys,
                         jnp.arange(syn_images.shape[0]), monitor_t)
     return terms.match + cfg.calibration_weight * terms.calibration, terms
@@ -358,7 +402,11 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
     (_, terms), (image_grads, psi_grads) = grad_fn(
         state.syn_images, state.psi_params, state.psi_batch_stats, real_feats,
         blended, trained, keys)
-    return apply_gradients(state, image_grads, psi_grads, terms)
+    new_state, metrics = apply_gradients(state, image_grads, psi_grads, terms)
+    if separate_calibration and cfg.calibration_weight:
+      new_state, metrics["calibration"] = separate_calibration_update(
+          new_state, trained, execution.step_keys(state.key, state.step).calibration)
+    return new_state, metrics
 
   # ------------------------------------------------------------ class blocks
   def begin(state: DistillState, pool: Pool) -> StepDraws:

@@ -84,13 +84,14 @@ class StepKeys(NamedTuple):
   member: jax.Array  # the pool member and its blend weight b
   augment: jax.Array  # the per-class siamese augmentation draws
   frequencies: jax.Array  # t from psi or N(0, I)
+  calibration: jax.Array  # the augmentation of a separate calibration update
 
 
 def step_keys(base_key: jax.Array, step: jax.Array) -> StepKeys:
-  """Keys of step `step`: a split of `fold_in(base_key, step)` into four, so no
+  """Keys of step `step`: a split of `fold_in(base_key, step)` into five, so no
   consumer sees another's key (a `fold_in(., 1)` of a key equals its second split
   under the partitionable threefry PRNG, so those are never mixed)."""
-  return StepKeys(*jax.random.split(jax.random.fold_in(base_key, step), 4))
+  return StepKeys(*jax.random.split(jax.random.fold_in(base_key, step), len(StepKeys._fields)))
 
 
 class RunSteps(NamedTuple):

@@ -181,3 +181,24 @@ def test_psi_free_plateau_monitor_ignores_psi_and_none_keeps_the_lr():
   _, metrics = execution.make_run_steps(step, _config(plateau_patience=1, use_scan=False),
                                         6).run(state, pool, data)
   assert float(np.min(metrics["lr_scale"])) < 1.0  # the default does reduce
+
+
+@pytest.mark.parametrize("overrides", [dict(calibration_mode="separate"),
+                                       dict(frequency_draw="per_class")])
+def test_release_behaviours_run_and_differ_from_the_defaults(overrides):
+  config, state, pool, data, step = _setup()
+  _, _, _, _, variant = _setup(**overrides)
+  batch = sampling.sample_class_batches(jax.random.PRNGKey(1), data, config.batch_real)
+  want, want_metrics = jax.jit(step.step)(state, pool, batch)
+  got, got_metrics = jax.jit(variant.step)(state, pool, batch)
+  assert np.isfinite(float(got_metrics["loss"])) and np.isfinite(
+      float(got_metrics["calibration"]))
+  assert not np.allclose(got.syn_images, want.syn_images)
+  if "frequency_draw" in overrides:  # other frequencies per class, same calibration
+    assert float(got_metrics["loss"]) != pytest.approx(float(want_metrics["loss"]), rel=1e-4)
+    assert float(got_metrics["calibration"]) == pytest.approx(
+        float(want_metrics["calibration"]), rel=1e-5)
+  else:  # the match loss is the same; the calibration has its own draw and update
+    assert float(got_metrics["loss"]) == pytest.approx(float(want_metrics["loss"]), rel=1e-5)
+    assert float(got_metrics["calibration"]) != pytest.approx(
+        float(want_metrics["calibration"]), rel=1e-4)
