@@ -31,7 +31,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "ncfm_jax.bench.scaling",
         "Sharded step on 1, 2, 4 forced host devices; overhead vs the plain step."),
     # Its module may be absent from an installation: then it is not listed.
-    "norm": Subcommand("ncfm_jax.bench.norm", "The norm benchmark (ncfm_jax.bench.norm)."),
+    "norm": Subcommand("ncfm_jax.bench.norm",
+                       "InstanceNorm implementations (ours, flax's) on the distillation pass."),
 }
 
 
