@@ -100,12 +100,13 @@ def test_workload_by_name():
 
 
 @pytest.mark.slow
-def test_step_measure_reports_the_documented_keys():
+@pytest.mark.parametrize("use_scan", [False, True])  # CPU's default, accelerators'
+def test_step_measure_reports_the_documented_keys(use_scan):
   tiny = step_bench.Workload("tiny", classes=2, image_size=8, channels=1, depth=1, ipc=1,
                              batch_real=2, num_freqs=16, width=4, pool_size=1,
                              images_per_class=4)
-  row = step_bench.measure(tiny, steps_per_call=2, repeats=2,
-                           use_scan=common.resolve_use_scan(None))
+  row = step_bench.measure(tiny, steps_per_call=2, repeats=2, use_scan=use_scan)
+  assert row["use_scan"] == use_scan
   assert row["gflops_per_step"] > 0 and row["seconds_per_step"]["median"] > 0
   assert row["fraction_of_matmul"] == pytest.approx(
       row["achieved_gflops"] / row["matmul_gflops"])
