@@ -11,10 +11,9 @@ One copy of each helper, used by the `ncfd`, `step` and `scaling` subcommands:
   come back on marked stdout lines;
 * `RssWindow`, `peak_rss_bytes`, `device_peak_bytes`, `peak_memory_mb`;
 * `matmul_gflops`: the dense matmul rate a step's FLOP rate is compared with;
-* `markdown_table`, `write_json`;
-* `make_run_steps`, `resolve_use_scan`: the only calls into the library's run
-  functions (their shape is the one the library's run-steps API takes in
-  docs/design.md), so that the benchmarks follow an API change in one place.
+* `markdown_table`, `write_json`.
+
+The run functions being timed are the library's own (`execution.make_run_steps`).
 """
 
 from __future__ import annotations
@@ -37,8 +36,6 @@ import jax
 import jax.numpy as jnp
 
 from ncfm_jax import allocator
-from ncfm_jax import distill
-from ncfm_jax import sharding
 
 MIB = 2**20
 _ROW_MARKER = "BENCH_ROW "
@@ -305,52 +302,3 @@ def write_json(rows: Sequence[dict[str, Any]], path: str | None) -> None:
     with open(path, "w") as f:
       json.dump(list(rows), f, indent=2)
     print(f"rows written to {path}")
-
-
-# --------------------------------------------------------------------------
-# The library's run functions: the benchmarks' only calls into them.
-
-
-class RunSteps(NamedTuple):
-  """A distillation run function and the jitted pieces it calls.
-
-  run: ``run(state, pool, source) -> (state, metrics [num_steps])``; donates
-    the state.
-  step: the jitted single step ``(state, pool, source_item) -> (state,
-    metrics)`` (None where the library does not expose it: sharded runs).
-  jitted: ``jitted(state, source)`` -> the jitted function `run` calls (None
-    where not exposed: unsharded runs).
-  """
-  run: Callable[..., tuple[Any, Any]]
-  step: Callable[..., tuple[Any, Any]] | None
-  jitted: Callable[..., Callable[..., Any]] | None
-
-
-def make_run_steps(step_fn: Callable[..., Any], distill_config: Any, num_steps: int, *,
-                   mesh: jax.sharding.Mesh | None = None,
-                   class_sharded: bool = False) -> RunSteps:
-  """`num_steps` distillation steps per call, sharded over `mesh` if given.
-
-  Args:
-    step_fn: ``distill.make_distill_step(...)``.
-    distill_config: the config's ``distill`` section (``use_scan``, ``unroll``,
-      ``batch_real``).
-    num_steps: steps per call of ``run``.
-    mesh: None: one device (`distill.make_run_steps`); else the layout of
-      `sharding.make_sharded_run_steps` over the mesh's devices.
-    class_sharded: with a mesh, also split the synthetic set along classes.
-  """
-  if mesh is None:
-    run = distill.make_run_steps(step_fn, distill_config, num_steps)
-  else:
-    run = sharding.make_sharded_run_steps(step_fn, distill_config, num_steps, mesh,
-                                          class_sharded)
-  return RunSteps(run, getattr(run, "jitted_step", None), getattr(run, "jitted", None))
-
-
-def resolve_use_scan(use_scan: bool | None) -> bool:
-  """The library's choice of ``lax.scan`` (True) or a Python loop of steps (False).
-
-  None picks by backend: a scan on accelerators, a loop on CPU.
-  """
-  return distill.resolve_use_scan(use_scan)

@@ -41,6 +41,7 @@ import numpy as np
 
 from ncfm_jax import allocator
 from ncfm_jax import config_lib
+from ncfm_jax import execution
 from ncfm_jax import models
 from ncfm_jax import sharding
 from ncfm_jax import train as train_lib
@@ -73,14 +74,14 @@ def _measure_distill(num_devices: int, workload_name: str, layouts: Sequence[str
   for layout in layouts:
     if layout == "plain":
       if num_devices == 1:
-        run = common.make_run_steps(step_fn, config, steps_per_call).run
+        run = execution.make_run_steps(step_fn, config, steps_per_call).run
         cases[layout] = common.ThreadedRun(run, copy(state), pool, data)
     elif layout in ("dp", "cs"):
       class_sharded = layout == "cs"
       if class_sharded and workload.classes % num_devices:
         continue
-      run = common.make_run_steps(step_fn, config, steps_per_call, mesh=mesh,
-                                  class_sharded=class_sharded).run
+      run = execution.make_run_steps(step_fn, config, steps_per_call, mesh=mesh,
+                                     class_sharded=class_sharded).run
       cases[layout] = common.ThreadedRun(
           run, sharding.shard_state(copy(state), mesh, class_sharded),
           sharding.replicate(pool, mesh), sharding.replicate(data, mesh))
@@ -94,7 +95,7 @@ def _measure_distill(num_devices: int, workload_name: str, layouts: Sequence[str
     rows.append({
         "devices": num_devices, "layout": layout, "workload": workload.name,
         "global_batch_real": workload.batch_real, "classes": workload.classes,
-        "width": workload.width, "use_scan": common.resolve_use_scan(use_scan),
+        "width": workload.width, "use_scan": execution.resolve_use_scan(use_scan),
         "device_kind": devices[0].device_kind, "allocator": allocator.describe(),
         "seconds_per_step": median, "steps_per_second": 1.0 / median,
         "min_seconds_per_step": min(per_step),
@@ -153,12 +154,13 @@ def _train_cases(num_devices: int, batch_size: int, num_examples: int, steps: in
       # One model, no mesh.
       "single": (1, host_loop(chunk, init_state(jax.random.PRNGKey(1)), [
           (images, targets, jnp.asarray(idx_single[t]), keys[t]) for t in range(steps)])),
-      # One model, data parallel: batch indices (so the batch) split along B.
+      # One model, data parallel: the chunk splits the batch indices (so the
+      # batch) along B itself; everything else replicated.
       "data_parallel": (1, host_loop(
-          sharding.data_parallel_train_chunk(chunk, mesh, batch_size),
+          train_lib.make_train_chunk(model, tx, cfg, mean, std, mesh=mesh),
           sharding.replicate(init_state(jax.random.PRNGKey(1)), mesh),
-          [(images_rep, targets_rep, sharding.shard_batch_axis(idx_single[t], mesh, axis=1),
-            sharding.replicate(keys[t], mesh)) for t in range(steps)])),
+          [(images_rep, targets_rep, idx_single[t], sharding.replicate(keys[t], mesh))
+           for t in range(steps)])),
   }
   # num_devices models (e.g. evaluation repeats) vmapped over their own init,
   # batches and keys, the model axis split over the devices.

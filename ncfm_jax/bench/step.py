@@ -22,6 +22,7 @@ import numpy as np
 
 from ncfm_jax import config_lib
 from ncfm_jax import distill
+from ncfm_jax import execution
 from ncfm_jax import models
 from ncfm_jax import train as train_lib
 from ncfm_jax.bench import common
@@ -108,7 +109,7 @@ def setup(workload: Workload, config: ml_collections.ConfigDict):
   syn = jax.random.uniform(jax.random.PRNGKey(1), (workload.classes, workload.ipc) + shape)
   state = distill.init_state(jax.random.PRNGKey(0), syn, feature_dim, config)
   mean, std = (0.5,) * workload.channels, (0.25,) * workload.channels
-  step_fn = distill.make_distill_step(model, config, mean, std, feature_dim)
+  step_fn = distill.make_distill_step(model, config, mean, std, feature_dim).step
   return state, pool, data, step_fn
 
 
@@ -126,7 +127,7 @@ def flops_per_step(workload: Workload, steps_per_call: int, use_scan: bool,
                              **dict(overrides, real_chunk=0, syn_chunk=0, freq_chunk=None,
                                     remat_syn=False))
   *_, plain_step = setup(workload, unchunked)
-  step = common.make_run_steps(plain_step, unchunked, 1).step
+  step = execution.make_run_steps(plain_step, unchunked, 1).jitted(state, data, single_step=True)
   cost = step.lower(state, pool, data).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", 0.0))
@@ -146,7 +147,7 @@ def measure(workload: Workload, steps_per_call: int, repeats: int, use_scan: boo
                           use_scan=use_scan, unroll=unroll, **overrides)
   state, pool, data, step_fn = setup(workload, config)
   flops = flops_per_step(workload, steps_per_call, use_scan, overrides, state, pool, data)
-  run = common.ThreadedRun(common.make_run_steps(step_fn, config, steps_per_call).run,
+  run = common.ThreadedRun(execution.make_run_steps(step_fn, config, steps_per_call).run,
                            state, pool, data)
   timing = common.time_calls(run, repeats)
   per_step = [seconds / steps_per_call for seconds in timing.times]
@@ -206,7 +207,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 def _measure_named(args: argparse.Namespace, name: str) -> dict[str, Any]:
   workload = small_variant(WORKLOADS[name]) if args.small else WORKLOADS[name]
-  use_scan = common.resolve_use_scan(None if args.scan == "auto" else args.scan == "true")
+  use_scan = execution.resolve_use_scan(None if args.scan == "auto" else args.scan == "true")
   overrides = dict(_parse_override(item) for item in args.set)
   row = measure(workload, args.steps_per_call, args.repeats, use_scan,
                 unroll=args.unroll, **overrides)
