@@ -168,8 +168,11 @@ def _train_cases(num_devices: int, batch_size: int, num_examples: int, steps: in
   vmapped = jax.jit(jax.vmap(chunk, in_axes=(0, None, None, 0, 0)),
                     in_shardings=(by_model(1), rep, rep, by_model(3), by_model(3)),
                     out_shardings=by_model(1), donate_argnums=(0,))
-  init_models = lambda: jax.vmap(init_state)(
-      jax.random.split(jax.random.PRNGKey(1), num_devices))
+  # Placed as the ensembles return their state (model axis split), so that the
+  # state fed back by `ThreadedRun` compiles nothing new after the warm-up call.
+  init_models = lambda: jax.device_put(
+      jax.vmap(init_state)(jax.random.split(jax.random.PRNGKey(1), num_devices)),
+      by_model(1))
   models_args = [(images, targets, jnp.asarray(idx_models[t]), keys_models[t])
                  for t in range(steps)]
   cases["vmapped_ensemble"] = (num_devices, host_loop(vmapped, init_models(), models_args))
