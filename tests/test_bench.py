@@ -113,3 +113,17 @@ def test_step_measure_reports_the_documented_keys(use_scan):
   assert row["peak_memory_mb"] > 0 and row["first_call_seconds"] > 0
   assert set(row) >= {"seconds_per_step", "gflops_per_step", "achieved_gflops",
                       "matmul_gflops", "fraction_of_matmul", "peak_memory_mb"}
+
+
+@pytest.mark.slow
+def test_scaling_train_cases_compile_nothing_after_the_warm_up_call(caplog):
+  from ncfm_jax.bench import scaling  # pylint: disable=g-import-not-at-top
+  # One step per call: the state fed back is first seen by the first timed call.
+  cases = scaling._train_cases(1, batch_size=4, num_examples=8, steps=1, width=2, depth=1)
+  for _, run in cases.values():
+    jax.block_until_ready(run())
+  caplog.clear()
+  with jax.log_compiles(True), caplog.at_level("WARNING"):
+    for _, run in cases.values():
+      jax.block_until_ready(run())
+  assert not [r.getMessage()[:80] for r in caplog.records if "Compiling" in r.getMessage()]
