@@ -9,6 +9,9 @@ lists them per paper cell and where we differ on purpose.
 
 from __future__ import annotations
 
+import importlib.resources
+import importlib.util
+import os
 from typing import Sequence
 
 import ml_collections
@@ -248,3 +251,56 @@ def validate_config(config, *, model_names: Sequence[str], eval_sources: Sequenc
   for ok, message in checks:
     if not ok:
       raise InputError(message)
+
+
+# --------------------------------------------------------------------------
+# Config specs: where `path.py[:arg]` is found.
+
+# The package that ships the repository's configs/ (pyproject.toml maps it).
+_CONFIG_PACKAGE = "ncfm_jax.configs"
+
+
+def _packaged_config(name: str) -> str | None:
+  """Path of `name` among the installed package's configs; None if not there."""
+  try:
+    directory = importlib.resources.files(_CONFIG_PACKAGE)
+  except ModuleNotFoundError:  # e.g. a checkout on PYTHONPATH, not installed
+    return None
+  candidate = directory / name
+  return str(candidate) if candidate.is_file() else None
+
+
+def resolve_config(spec: str) -> str:
+  """The spec ``path.py[:arg]`` with its path made absolute.
+
+  The path is taken as given where that file exists (absolute, or relative to
+  the working directory); otherwise ``name.py`` and ``configs/name.py`` mean
+  the installed package's copy of the repository's ``configs/name.py``, so that
+  a spec works from any directory once the package is installed.
+
+  >>> resolve_config("fashion_mnist.py:quick")  # doctest: +SKIP
+  '/.../site-packages/ncfm_jax/configs/fashion_mnist.py:quick'
+
+  Raises:
+    FileNotFoundError: neither exists; the message names both places.
+  """
+  path, sep, arg = spec.partition(":")
+  if os.path.isfile(path):
+    return os.path.abspath(path) + sep + arg
+  head, name = os.path.split(os.path.normpath(path))
+  packaged = _packaged_config(name) if head in ("", "configs") else None
+  if packaged is None:
+    raise FileNotFoundError(
+        f"config {path!r}: no such file from {os.getcwd()}"
+        + (f", nor {name!r} among the installed configs ({_CONFIG_PACKAGE})"
+           if head in ("", "configs") else ""))
+  return packaged + sep + arg
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The ConfigDict of the spec ``path.py[:arg]`` (`resolve_config`), as the CLI builds it."""
+  path, _, arg = resolve_config(spec).partition(":")
+  module_spec = importlib.util.spec_from_file_location("ncfm_jax_loaded_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

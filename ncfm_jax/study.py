@@ -3,9 +3,10 @@
 Pretrains one pool (`DIR/pool`, pretraining does not depend on the distillation
 settings), then runs the CLI once per distinct distillation setting, each in its
 own workdir `DIR/<cell>` holding a copy of the pool, `--parallel` at a time (on
-one GPU several small runs share the device). After every finished cell it
-rewrites `DIR/results.json` and the tables `DIR/<group>.md`, so an interrupted
-study keeps what it finished; re-running resumes (finished cells are read back).
+one GPU several small runs share the device). The runs are a grid of
+`ncfm_jax.grid`: after every finished cell it rewrites `DIR/results.json` and
+the tables `DIR/<group>.md`, so an interrupted study keeps what it finished;
+re-running resumes (finished cells are read back).
 
 Groups (paper counterparts in brackets):
   methods   ipc x {random real, DM (mmd), NCFM without psi, NCFM with psi}  [Table 1]
@@ -13,27 +14,25 @@ Groups (paper counterparts in brackets):
   freqs     ipc 10, NCFM, F in {16, 64, 256, 1024, 4096}                  [Fig. 6]
   crossarch ipc 10, NCFM, evaluated on ConvNet, AlexNet, VGG-11, ResNet-18 [Table 4]
 Cells that distil the same thing (alpha 0.5 and the config's F are the NCFM ipc 10
-cell) run once. The budget is the config's (`--config`). Arguments the study does
-not know (e.g. `--config.data.data_dir=...`) are passed to every CLI run.
+cell) run once. The budget is the config's (`--config`: a file, or the name of an
+installed config such as `fashion_mnist.py:quick`). Arguments the study does not
+know (e.g. `--config.data.data_dir=...`) are passed to every CLI run.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
 import datetime
-import importlib.util
 import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
-import threading
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ncfm_jax import config_lib
+from ncfm_jax import grid
+
 GROUPS = ("methods", "alpha", "freqs", "crossarch")
 ARCHS = ("convnet", "alexnet", "vgg11", "resnet18")
 METHODS = (  # (label, short name, distill overrides)
@@ -41,15 +40,15 @@ METHODS = (  # (label, short name, distill overrides)
     ("NCFM w/o psi", "ncfm_nopsi", {"sampler": "gaussian"}),
     ("NCFM", "ncfm", {}),
 )
-# Fashion-MNIST anchors quoted in DESIGN.md section 11 (full budgets, GPU).
+# Fashion-MNIST anchors quoted in docs/design.md (full budgets, GPU).
 PUBLISHED = {"random real": {1: 51.4, 10: 73.8, 50: 82.5},
              "DC": {1: 70.5, 10: 82.3, 50: 83.6},
              "DSA": {1: 70.6, 10: 84.6, 50: 88.7}}
 
 
 @dataclasses.dataclass
-class Cell:
-  """One CLI run: its workdir name, distill overrides and evaluated archs."""
+class StudyCell:
+  """One distillation setting: its workdir name, distill overrides and evaluated archs."""
   name: str
   distill: dict
   archs: tuple = ("convnet",)
@@ -67,23 +66,13 @@ def with_ipc(spec: str, ipc: int) -> str:
   return f"{path}:{arg + ',' if arg else ''}ipc={ipc}"
 
 
-def load_config(spec: str):
-  """The ConfigDict of `path.py[:arg]`, as the CLI builds it."""
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("study_config", os.path.join(ROOT, path)
-                                                       if not os.path.isabs(path) else path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
-def plan(groups, ipcs, defaults) -> tuple[list[Cell], dict]:
+def plan(groups, ipcs, defaults) -> tuple[list[StudyCell], dict]:
   """Distinct cells to run, and per group its rows `(label, cell name, source)`.
 
   `defaults` is the config's distill section; cells whose effective distill
   settings coincide are merged (the first name wins, archs are united).
   """
-  cells: dict[str, Cell] = {}
+  cells: dict[str, StudyCell] = {}
   by_setting: dict[str, str] = {}
   rows: dict[str, list] = {g: [] for g in groups}
 
@@ -95,7 +84,7 @@ def plan(groups, ipcs, defaults) -> tuple[list[Cell], dict]:
       cell.archs = tuple(a for a in ARCHS if a in set(cell.archs) | set(archs))
       cell.baselines = cell.baselines or baselines
       return cell.name
-    cells[name] = Cell(name, {k: setting[k] for k in overrides}, tuple(archs), baselines)
+    cells[name] = StudyCell(name, {k: setting[k] for k in overrides}, tuple(archs), baselines)
     by_setting[key] = name
     return name
 
@@ -155,27 +144,17 @@ def tables(rows: dict, results: dict, header: str) -> dict[str, str]:
   return out
 
 
-def run_cli(workdir: str, config: str, flags: list[str], env: dict, log_path: str,
-            mode: str = "all") -> None:
-  command = [sys.executable, "-m", "ncfm_jax.main", f"--config={config}",
-             f"--workdir={workdir}", f"--mode={mode}", *flags]
-  with open(log_path, "a") as log:
-    log.write("$ " + " ".join(command) + "\n")
-    log.flush()
-    done = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-  if done.returncode:
-    with open(log_path) as log:
-      lines = log.read().strip().splitlines() or [""]
-    reason = next((l for l in reversed(lines) if l.startswith(("error:", "FATAL"))), lines[-1])
-    raise RuntimeError(f"{os.path.basename(workdir)} failed (exit {done.returncode}): "
-                       f"{reason} -- log: {log_path}")
+def _convnet_accuracy(metrics: dict) -> str:
+  accuracy = metrics.get("eval", {}).get("convnet", {}).get("mean", float("nan"))
+  return f"ConvNet {accuracy:.2f}%"
 
 
-def child_env(parallel: int) -> dict:
-  env = dict(os.environ)
-  if parallel > 1:  # several processes on one accelerator: no memory grab each
-    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / parallel:.3f}")
-  return env
+def _copy_pool(pool_dir: str, workdir: str) -> None:
+  """Gives `workdir` the shared pool (the CLI then skips pretraining)."""
+  if not os.path.exists(os.path.join(workdir, "pool")):
+    os.makedirs(workdir, exist_ok=True)
+    shutil.copytree(os.path.join(pool_dir, "pool"), os.path.join(workdir, "pool"))
+    shutil.copy(os.path.join(pool_dir, "pool_accuracy.json"), workdir)
 
 
 def main(argv=None) -> int:
@@ -195,65 +174,32 @@ def main(argv=None) -> int:
   ipcs = [int(i) for i in args.ipcs.split(",")]
   if args.parallel < 1:
     parser.error("--parallel must be >= 1")
-  config = load_config(args.config)
+  try:
+    config = config_lib.load_config(args.config)
+  except FileNotFoundError as err:
+    parser.error(str(err))
   cells, rows = plan(groups, ipcs, config.distill.to_dict())
-
-  os.makedirs(args.out, exist_ok=True)
-  results_path = os.path.join(args.out, "results.json")
-  results = json.load(open(results_path)) if os.path.exists(results_path) else {}
   header = (f"config `{args.config}` {' '.join(passthrough)}; "
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}, "
             f"{platform.node() or 'unknown host'}")
-  env = child_env(args.parallel)
-  lock = threading.Lock()
 
-  def publish():
-    with open(results_path, "w") as f:
-      json.dump(results, f, indent=1)
-    for group, text in tables(rows, results, header).items():
-      with open(os.path.join(args.out, f"{group}.md"), "w") as f:
-        f.write(text)
-
-  start = time.time()
-  pool_dir = os.path.join(args.out, "pool")
+  pool = grid.Cell("pool", args.config, tuple(passthrough), mode="pretrain")
+  pool_dir = os.path.join(args.out, pool.name)
   print(f"[study] {len(cells)} distillation runs, {args.parallel} at a time; "
         f"pretraining the shared pool in {pool_dir}", flush=True)
-  os.makedirs(pool_dir, exist_ok=True)
-  run_cli(pool_dir, args.config, passthrough, env, os.path.join(pool_dir, "log.txt"),
-          mode="pretrain")
-
-  def run_cell(cell: Cell) -> None:
-    workdir = os.path.join(args.out, cell.name)
-    if not os.path.exists(os.path.join(workdir, "pool")):
-      os.makedirs(workdir, exist_ok=True)
-      shutil.copytree(os.path.join(pool_dir, "pool"), os.path.join(workdir, "pool"))
-      shutil.copy(os.path.join(pool_dir, "pool_accuracy.json"), workdir)
-    cell_start = time.time()
-    print(f"[study] start {cell.name}: {' '.join(cell.flags())}", flush=True)
-    run_cli(workdir, with_ipc(args.config, cell.distill["ipc"]), cell.flags() + passthrough, env,
-            os.path.join(workdir, "log.txt"))
-    with open(os.path.join(workdir, "metrics.json")) as f:
-      metrics = json.load(f)
-    with lock:
-      results[cell.name] = metrics
-      publish()
-    accuracy = metrics.get("eval", {}).get("convnet", {}).get("mean", float("nan"))
-    print(f"[study] done  {cell.name}: ConvNet {accuracy:.2f}% in "
-          f"{time.time() - cell_start:.0f} s (study {time.time() - start:.0f} s)", flush=True)
-
-  failures = []
-  with concurrent.futures.ThreadPoolExecutor(args.parallel) as executor:
-    futures = {executor.submit(run_cell, cell): cell for cell in cells}
-    for future in concurrent.futures.as_completed(futures):
-      if future.exception() is not None:
-        failures.append(str(future.exception()))
-        print(f"[study] {future.exception()}", file=sys.stderr, flush=True)
-  with lock:
-    publish()
-  for group, text in tables(rows, results, header).items():
+  grid.run_cell(pool, args.out, grid.child_env(args.parallel))
+  for cell in cells:
+    _copy_pool(pool_dir, os.path.join(args.out, cell.name))
+  outcome = grid.run_grid(
+      [grid.Cell(c.name, with_ipc(args.config, c.distill["ipc"]),
+                 tuple(c.flags() + passthrough)) for c in cells],
+      args.out, parallel=args.parallel, describe=_convnet_accuracy, prefix="[study]",
+      tables=lambda results: {f"{group}.md": text
+                              for group, text in tables(rows, results, header).items()})
+  for group, text in tables(rows, outcome.results, header).items():
     print(f"\n## {group}\n{text}", flush=True)
-  if failures:
-    print(f"error: {len(failures)} of {len(cells)} runs failed", file=sys.stderr)
+  if outcome.failures:
+    print(f"error: {len(outcome.failures)} of {len(cells)} runs failed", file=sys.stderr)
     return 1
   return 0
 

@@ -1,7 +1,7 @@
 """The accuracy-study driver: which runs it plans, how it tabulates them.
 
-The CLI runs themselves are replaced by a fake that writes what the CLI would
-(tests/test_pipeline.py runs the real CLI).
+The CLI runs themselves (`grid.run_cli`) are replaced by a fake that writes what
+the CLI would (tests/test_pipeline.py runs the real CLI).
 """
 
 import json
@@ -9,9 +9,18 @@ import os
 
 import pytest
 
+from ncfm_jax import config_lib
+from ncfm_jax import grid
 from ncfm_jax import study
 
-DEFAULTS = study.load_config("configs/fashion_mnist.py:gpu").distill.to_dict()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULTS = config_lib.load_config(
+    os.path.join(ROOT, "configs/fashion_mnist.py:gpu")).distill.to_dict()
+
+
+@pytest.fixture(autouse=True)
+def _in_the_repository(monkeypatch):
+  monkeypatch.chdir(ROOT)  # the specs below are relative to it
 
 
 def test_plan_merges_cells_that_distil_the_same_thing():
@@ -29,7 +38,7 @@ def test_plan_merges_cells_that_distil_the_same_thing():
 
 
 def test_plan_of_a_cpu_preset_merges_its_own_default_frequencies():
-  quick = study.load_config("configs/fashion_mnist.py:quick").distill.to_dict()
+  quick = config_lib.load_config("configs/fashion_mnist.py:quick").distill.to_dict()
   _, rows = study.plan(["methods", "freqs"], [10], quick)
   freqs = {label: name for label, name, _ in rows["freqs"]}
   assert freqs["F 1024"] == "ipc10_ncfm"  # quick's default F
@@ -62,17 +71,18 @@ def _fake_cli(calls):
 
 def test_main_runs_each_cell_once_and_writes_tables(tmp_path, monkeypatch):
   calls = []
-  monkeypatch.setattr(study, "run_cli", _fake_cli(calls))
+  monkeypatch.setattr(grid, "run_cli", _fake_cli(calls))
   out = tmp_path / "study"
   code = study.main([f"--out={out}", "--config=configs/fashion_mnist.py:gpu",
                      "--group=methods,alpha", "--ipcs=10", "--parallel=2",
                      "--config.data.data_dir=/somewhere"])
   assert code == 0
-  assert calls[0] == ("pool", "configs/fashion_mnist.py:gpu", "pretrain")
+  config = os.path.join(ROOT, "configs/fashion_mnist.py")
+  assert calls[0] == ("pool", config + ":gpu", "pretrain")
   ran = sorted(name for name, _, _ in calls[1:])
   assert ran == sorted(["ipc10_dm", "ipc10_ncfm_nopsi", "ipc10_ncfm", "ipc10_alpha0.001",
                         "ipc10_alpha0.1", "ipc10_alpha0.9", "ipc10_alpha0.999"])
-  assert all(config == "configs/fashion_mnist.py:gpu,ipc=10" for _, config, _ in calls[1:])
+  assert all(spec == config + ":gpu,ipc=10" for _, spec, _ in calls[1:])
   results = json.loads((out / "results.json").read_text())
   assert set(results) == set(ran)
   methods = (out / "methods.md").read_text()
@@ -92,7 +102,7 @@ def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, monkeypatch):
       raise RuntimeError("ipc10_dm failed (exit 2): error: boom")
     fake(workdir, config, flags, env, log_path, mode)
 
-  monkeypatch.setattr(study, "run_cli", failing)
+  monkeypatch.setattr(grid, "run_cli", failing)
   code = study.main([f"--out={tmp_path}", "--config=configs/fashion_mnist.py:gpu",
                      "--group=methods", "--ipcs=10"])
   assert code == 1
@@ -105,3 +115,18 @@ def test_unknown_group_is_refused(capsys):
     study.main(["--out=/tmp/unused", "--group=methods,typo"])
   assert exit_info.value.code == 2
   assert "unknown --group 'typo'" in capsys.readouterr().err
+
+
+def test_a_rerun_reads_finished_cells_back(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(grid, "run_cli", _fake_cli(calls))
+  argv = [f"--out={tmp_path}", "--config=configs/fashion_mnist.py:gpu", "--group=methods",
+          "--ipcs=10"]
+  assert study.main(argv) == 0
+  methods = (tmp_path / "methods.md").read_text()
+  calls.clear()
+  assert study.main(argv) == 0
+  assert calls == []  # neither the pool nor any cell ran again
+  assert (tmp_path / "methods.md").read_text() == methods
+  assert study.main(argv + ["--config.data.data_dir=/elsewhere"]) == 0
+  assert len(calls) == 1 + 3  # another command: the pool and the three cells rerun

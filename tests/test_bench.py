@@ -1,0 +1,129 @@
+"""The benchmarks' command line and shared helpers (tests/test_ncfd.py runs `ncfd`)."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from ncfm_jax.bench import __main__ as cli
+from ncfm_jax.bench import common
+from ncfm_jax.bench import step as step_bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TINY_NCFD = ["ncfd", "--num-real=8", "--num-syn=2", "--dim=4", "--runs=1", "--warmup=0"]
+
+
+def test_help_lists_the_subcommands():
+  done = subprocess.run([sys.executable, "-m", "ncfm_jax.bench", "--help"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert done.returncode == 0, done.stderr
+  # usage: python -m ncfm_jax.bench [-h] {ncfd,step,scaling} ...
+  listed = set(re.search(r"\{(.*?)\}", done.stdout).group(1).split(","))
+  # `norm` is listed exactly where its module is installed.
+  norm = {"norm"} if importlib.util.find_spec("ncfm_jax.bench.norm") else set()
+  assert listed == {"ncfd", "step", "scaling"} | norm
+
+
+def test_only_the_chosen_subcommand_is_imported(tmp_path, monkeypatch):
+  (tmp_path / "fake_bench.py").write_text(textwrap.dedent("""
+      CALLS = []
+      def add_arguments(parser):
+        parser.add_argument("--x", type=int, default=0)
+      def run_from_args(args):
+        CALLS.append(args.x)
+        return [{"x": args.x}]
+  """))
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.delitem(sys.modules, "fake_bench", raising=False)
+  monkeypatch.setitem(cli.SUBCOMMANDS, "fake", cli.Subcommand("fake_bench", "a fake"))
+  monkeypatch.setitem(cli.SUBCOMMANDS, "absent", cli.Subcommand("no_such_bench", "gone"))
+  with pytest.raises(SystemExit):  # --help of another subcommand: fake_bench untouched
+    cli.main(["ncfd", "--help"])
+  assert "fake_bench" not in sys.modules
+  assert "absent" not in cli.available()
+  assert cli.main(["fake", "--x=3"]) == 0
+  assert sys.modules["fake_bench"].CALLS == [3]
+
+
+def test_run_child_forces_the_device_count_and_reads_the_rows():
+  row, = common.run_child([*_TINY_NCFD, "--single=20:none"], cpu_devices=2)
+  assert row["num_devices"] == 2 and row["F"] == 20 and row["device"].startswith("cpu")
+  with pytest.raises(RuntimeError, match="benchmark subprocess failed"):
+    common.run_child(["ncfd", "--no-such-flag"])
+
+
+def test_markdown_table():
+  table = common.markdown_table([{"F": 1024, "ms": 0.5, "mib": 12.34}, {"F": 16}],
+                                ["F", "ms", "mib"])
+  assert table.splitlines() == ["| F | ms | mib |", "|---|---|---|",
+                                "| 1024 | 0.5 | 12.3 |", "| 16 | - | - |"]
+
+
+def test_time_interleaved_takes_turns_and_threads_donated_state():
+  calls = []
+  donating = jax.jit(lambda state, inc: (state + inc, state), donate_argnums=(0,))
+  run = common.ThreadedRun(lambda state, inc: (calls.append("a"), donating(state, inc))[1],
+                           jnp.zeros(()), 1.0)
+
+  def slow_first_call():  # as a compiling first call is
+    calls.append("b")
+    time.sleep(0.2 if len(calls) == 2 else 0.0)
+
+  timings = common.time_interleaved({"a": run, "b": slow_first_call}, repeats=3, warmup=2)
+  assert calls == ["a", "b"] * 5
+  assert all(len(t.times) == 3 for t in timings.values())
+  assert timings["b"].first_call_s >= 0.2 > max(timings["b"].times)
+  assert float(run.outputs[0]) == 5.0  # each call got the state the last returned
+  assert common.time_calls(lambda: None, 2, warmup=0).first_call_s is None
+
+
+def test_peak_memory_is_positive():
+  assert common.peak_rss_bytes() > 0 and common.peak_memory_mb() > 0
+  with common.RssWindow() as window:
+    block = bytearray(64 * common.MIB)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page
+  assert window.increase_bytes >= (32 * common.MIB if window.exact else 0)
+
+
+def test_workload_by_name():
+  assert step_bench.workload_by_name("cifar10_ipc10_small").batch_real == 64
+  assert step_bench.workload_by_name("cifar10_ipc10") is step_bench.WORKLOADS["cifar10_ipc10"]
+  with pytest.raises(ValueError, match="unknown workload"):
+    step_bench.workload_by_name("cifar11")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("use_scan", [False, True])  # CPU's default, accelerators'
+def test_step_measure_reports_the_documented_keys(use_scan):
+  tiny = step_bench.Workload("tiny", classes=2, image_size=8, channels=1, depth=1, ipc=1,
+                             batch_real=2, num_freqs=16, width=4, pool_size=1,
+                             images_per_class=4)
+  row = step_bench.measure(tiny, steps_per_call=2, repeats=2, use_scan=use_scan)
+  assert row["use_scan"] == use_scan
+  assert row["gflops_per_step"] > 0 and row["seconds_per_step"]["median"] > 0
+  assert row["fraction_of_matmul"] == pytest.approx(
+      row["achieved_gflops"] / row["matmul_gflops"])
+  assert row["peak_memory_mb"] > 0 and row["first_call_seconds"] > 0
+  assert set(row) >= {"seconds_per_step", "gflops_per_step", "achieved_gflops",
+                      "matmul_gflops", "fraction_of_matmul", "peak_memory_mb"}
+
+
+@pytest.mark.slow
+def test_scaling_train_cases_compile_nothing_after_the_warm_up_call(caplog):
+  from ncfm_jax.bench import scaling  # pylint: disable=g-import-not-at-top
+  # One step per call: the state fed back is first seen by the first timed call.
+  cases = scaling._train_cases(1, batch_size=4, num_examples=8, steps=1, width=2, depth=1)
+  for _, run in cases.values():
+    jax.block_until_ready(run())
+  caplog.clear()
+  with jax.log_compiles(True), caplog.at_level("WARNING"):
+    for _, run in cases.values():
+      jax.block_until_ready(run())
+  assert not [r.getMessage()[:80] for r in caplog.records if "Compiling" in r.getMessage()]
