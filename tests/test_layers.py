@@ -26,9 +26,9 @@ LAYERS = [
     ["workdir", "checkpoints"],
     ["evaluation"],
     ["pipeline"],
-    ["main", "grid", "bench_step", "bench_norm"],
-    ["bench_scaling"],
-    ["__main__", "study", "reproduce", "bench"],
+    ["main"],
+    ["grid"],
+    ["__main__", "study", "reproduce", "bench", "configs"],
 ]
 
 

@@ -1,4 +1,4 @@
-"""Instance norm implementations on the distillation pass: `python -m ncfm_jax.bench_norm`.
+"""Instance norm implementations on the distillation pass: `python -m ncfm_jax.bench norm`.
 
 Implementations (`IMPLEMENTATIONS`), all with parameters `scale` and `bias` and
 epsilon `models.common.NORM_EPSILON`:
@@ -39,11 +39,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import functools
 import importlib.metadata
-import json
-import os
 import platform
 import statistics
 import sys
@@ -56,6 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from ncfm_jax import models
+from ncfm_jax.bench import common as bench_common
 from ncfm_jax.models import common
 
 class PlainInstanceNorm(nn.Module):
@@ -107,19 +105,10 @@ def _cpu_model() -> str:
 
 
 def _environment() -> dict[str, Any]:
-  device = jax.devices()[0]
-  return {
-      "device": f"{device.platform}: {device.device_kind}",
-      "cpu_model": _cpu_model(),
-      "cpu_count": os.cpu_count(),
-      "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-      "jax": jax.__version__,
-      "jaxlib": importlib.metadata.version("jaxlib"),
-      "flax": importlib.metadata.version("flax"),
-      "python": platform.python_version(),
-      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-      "command": "python -m ncfm_jax.bench_norm " + " ".join(sys.argv[1:]),
-  }
+  env = bench_common.environment()
+  env.update(cpu_model=_cpu_model(), flax=importlib.metadata.version("flax"),
+             command="python -m ncfm_jax.bench norm " + " ".join(sys.argv[1:]))
+  return env
 
 
 def _perturb_affine(variables: Any, key: jax.Array) -> Any:
@@ -233,18 +222,13 @@ def run_case(case: str, impls: Sequence[str], args: argparse.Namespace) -> list[
   return rows
 
 
-def _table(rows: Sequence[dict[str, Any]]) -> str:
-  columns = ("case", "impl", "median_ms", "min_ms", "max_ms", "median_ratio_vs_reference",
-             "compile_s",
-             "max_abs_diff_output", "max_abs_diff_input_grad", "rel_l2_diff_input_grad")
-  fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
-  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-  lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-  return "\n".join(lines)
+_COLUMNS = ("case", "impl", "median_ms", "min_ms", "max_ms", "median_ratio_vs_reference",
+            "compile_s", "max_abs_diff_output", "max_abs_diff_input_grad",
+            "rel_l2_diff_input_grad")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  """Flags of `python -m ncfm_jax.bench_norm`."""
+  """Flags of `python -m ncfm_jax.bench norm`."""
   parser.add_argument("--cases", default=",".join(CASES), help="comma list of cases.")
   parser.add_argument("--impls", default=",".join(IMPLEMENTATIONS),
                       help="comma list; the first is the reference of the checks.")
@@ -273,17 +257,15 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows += run_case(case, impls, args)
   for row in rows:
     row.update(env)
-  print(_table(rows), flush=True)
+  print(bench_common.markdown_table(rows, _COLUMNS), flush=True)
   print(f"({env['date']}, {env['cpu_model']} x {env['cpu_count']}, jax {env['jax']}, "
         f"flax {env['flax']}, load {env['load_avg_1m']:.1f})", flush=True)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=1)
+  bench_common.write_json(rows, args.json)
   return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m ncfm_jax.bench_norm",
+  parser = argparse.ArgumentParser(prog="python -m ncfm_jax.bench norm",
                                    description=__doc__.splitlines()[0])
   add_arguments(parser)
   run_from_args(parser.parse_args(argv))
