@@ -15,6 +15,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from ncfm_jax import allocator
+from ncfm_jax import config_lib
 from ncfm_jax import distributed
 from ncfm_jax import pipeline
 from ncfm_jax.errors import InputError
@@ -60,11 +61,21 @@ def _one_line(text: str) -> str:
   return re.sub(r"^[\w.]+(Error|Exception): ", "", last)
 
 
+def _resolve_config_flag(arg: str) -> str:
+  """`--config=name.py[:arg]` -> the file as given if it exists, else the installed
+  package's `configs/name.py` (so the command works from any directory)."""
+  if not arg.startswith("--config="):
+    return arg
+  return "--config=" + config_lib.resolve_config(arg[len("--config="):])
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with bad flags and config errors (an unknown config
   argument, a misspelt `--config.x.y` field) as one line and exit 2."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS([_resolve_config_flag(arg) for arg in argv])
+  except FileNotFoundError as err:  # neither the path nor an installed config
+    message = f"--config: {err}"
   except flags.Error as err:
     message = _one_line(str(err)) if "Traceback" in str(err) else str(err)
   except (AttributeError, KeyError, TypeError, ValueError) as err:  # a --config.x override

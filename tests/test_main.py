@@ -26,7 +26,7 @@ def _cli(*flags):
     (["--config=configs/fashion_mnist.py:tiny", "--config.distill.ipcc=2"],
      "bad config override: 'ipcc' Did you mean \"ipc\""),
     (["--config=configs/cifar10.py:ipc=1,foo=2"], "unknown config argument 'foo'; valid: ['ipc']"),
-    (["--config=configs/nosuchfile.py"], "--config: [Errno 2] No such file or directory"),
+    (["--config=configs/nosuchfile.py"], "--config: config 'configs/nosuchfile.py': no such file"),
     (["--config=configs/cifar10.py", "--mode=foo"], "flag --mode=foo: value should be one of"),
     (["--config=configs/fashion_mnist.py:tiny", "--config.distill.ipc=abc"],
      "flag --config.distill.ipc=abc"),
