@@ -13,6 +13,13 @@ Groups (paper counterparts in brackets):
   alpha     ipc 10, NCFM, alpha in {0.001, 0.1, 0.5, 0.9, 0.999}, beta = 1 - alpha [Fig. 5]
   freqs     ipc 10, NCFM, F in {16, 64, 256, 1024, 4096}                  [Fig. 6]
   crossarch ipc 10, NCFM, evaluated on ConvNet, AlexNet, VGG-11, ResNet-18 [Table 4]
+  plateau   ipc 10, NCFM, what reduce-on-plateau watches: the match loss (which
+            psi pushes up), a psi-free NCFD at fixed frequencies, nothing (fixed lr)
+  release   ipc 10, NCFM against the release's behaviours one at a time: a separate
+            calibration update, one frequency draw per class, psi off
+With `--seeds=0,1,2` every cell runs once per seed (the same seeds for every
+setting: paired) and the tables give the mean +- std over seeds of each seed's
+mean accuracy.
 Cells that distil the same thing (alpha 0.5 and the config's F are the NCFM ipc 10
 cell) run once. The budget is the config's (`--config`: a file, or the name of an
 installed config such as `fashion_mnist.py:quick`). Arguments the study does not
@@ -30,17 +37,31 @@ import platform
 import shutil
 import sys
 
+import numpy as np
+
 from ncfm_jax import config_lib
 from ncfm_jax import grid
 
-GROUPS = ("methods", "alpha", "freqs", "crossarch")
+GROUPS = ("methods", "alpha", "freqs", "crossarch", "plateau", "release")
+PLATEAU = (  # (label, distill overrides)
+    ("plateau on the match loss (default)", {}),
+    ("plateau on the NCFD at fixed Gaussian frequencies", {"plateau_monitor": "fixed_ncfd"}),
+    ("fixed learning rate", {"plateau_monitor": "none"}),
+)
+RELEASE = (  # (label, distill overrides)
+    ("ours (defaults)", {}),
+    ("separate calibration update (release)", {"calibration_mode": "separate"}),
+    ("one frequency draw per class (release)", {"frequency_draw": "per_class"}),
+    ("psi off (release: sampling_net False)", {"sampler": "gaussian"}),
+)
 ARCHS = ("convnet", "alexnet", "vgg11", "resnet18")
 METHODS = (  # (label, short name, distill overrides)
     ("DM (mmd)", "dm", {"loss": "mmd"}),
     ("NCFM w/o psi", "ncfm_nopsi", {"sampler": "gaussian"}),
     ("NCFM", "ncfm", {}),
 )
-# Fashion-MNIST anchors quoted in docs/design.md (full budgets, GPU).
+# Published Fashion-MNIST anchors of other methods (full budgets, GPU; the README
+# names the sources).
 PUBLISHED = {"random real": {1: 51.4, 10: 73.8, 50: 82.5},
              "DC": {1: 70.5, 10: 82.3, 50: 83.6},
              "DSA": {1: 70.6, 10: 84.6, 50: 88.7}}
@@ -103,6 +124,12 @@ def plan(groups, ipcs, defaults) -> tuple[list[StudyCell], dict]:
       name = add(f"ipc10_alpha{alpha}", {"ipc": 10, "alpha": alpha,
                                          "beta": round(1 - alpha, 6)})
       rows["alpha"].append((f"alpha {alpha}, beta {round(1 - alpha, 6)}", name, "eval"))
+  for group, settings in (("plateau", PLATEAU), ("release", RELEASE)):
+    if group in groups:
+      for label, overrides in settings:
+        suffix = "_".join(f"{k}{v}" for k, v in sorted(overrides.items())) or "ncfm"
+        name = add(f"ipc10_{suffix}", dict(overrides, ipc=10))
+        rows[group].append((label, name, "eval"))
   if "freqs" in groups:
     for freqs in (16, 64, 256, 1024, 4096):
       name = add(f"ipc10_freqs{freqs}", {"ipc": 10, "num_freqs": freqs})
@@ -116,6 +143,32 @@ def _cell_text(result: dict | None) -> str:
   if not result or not result.get("runs"):
     return "-"
   return f"{result['mean']:.1f} +- {result['std']:.1f} (n={len(result['runs'])})"
+
+
+def seeded_name(name: str, seed: int | None) -> str:
+  return name if seed is None else f"{name}_seed{seed}"
+
+
+def over_seeds(results: dict, seeds) -> dict:
+  """`results` with each cell's seeds folded into one entry per cell name: per
+  source and arch, `runs` = the seeds' mean accuracies (mean +- std over seeds)."""
+  if seeds == [None]:
+    return results
+  folded: dict = {}
+  for name in {key.rsplit("_seed", 1)[0] for key in results}:
+    per_seed = [results[seeded_name(name, s)] for s in seeds if seeded_name(name, s) in results]
+    cell: dict = {}
+    for metrics in per_seed:
+      for source, by_arch in metrics.items():
+        if not isinstance(by_arch, dict):
+          continue
+        for arch, result in by_arch.items():
+          if isinstance(result, dict) and result.get("runs"):
+            cell.setdefault(source, {}).setdefault(arch, []).append(result["mean"])
+    folded[name] = {source: {arch: {"mean": float(np.mean(v)), "std": float(np.std(v)),
+                                    "runs": v} for arch, v in by_arch.items()}
+                    for source, by_arch in cell.items()}
+  return folded
 
 
 def tables(rows: dict, results: dict, header: str) -> dict[str, str]:
@@ -166,12 +219,15 @@ def main(argv=None) -> int:
   parser.add_argument("--group", default=",".join(GROUPS))
   parser.add_argument("--ipcs", default="1,10,50")
   parser.add_argument("--parallel", type=int, default=1, help="CLI runs at a time")
+  parser.add_argument("--seeds", default="",
+                      help="comma list: run every cell once per seed (paired)")
   args, passthrough = parser.parse_known_args(argv)
   groups = [g.strip() for g in args.group.split(",") if g.strip()]
   for group in groups:
     if group not in GROUPS:
       parser.error(f"unknown --group {group!r}; valid: {', '.join(GROUPS)}")
   ipcs = [int(i) for i in args.ipcs.split(",")]
+  seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or [None]
   if args.parallel < 1:
     parser.error("--parallel must be >= 1")
   try:
@@ -185,21 +241,27 @@ def main(argv=None) -> int:
 
   pool = grid.Cell("pool", args.config, tuple(passthrough), mode="pretrain")
   pool_dir = os.path.join(args.out, pool.name)
-  print(f"[study] {len(cells)} distillation runs, {args.parallel} at a time; "
+  print(f"[study] {len(cells)} distillation settings x {len(seeds)} seed(s), "
+        f"{args.parallel} at a time; "
         f"pretraining the shared pool in {pool_dir}", flush=True)
   grid.run_cell(pool, args.out, grid.child_env(args.parallel))
-  for cell in cells:
+  grid_cells = [
+      grid.Cell(seeded_name(c.name, seed), with_ipc(args.config, c.distill["ipc"]),
+                tuple(c.flags() + ([] if seed is None else [f"--config.seed={seed}"])
+                      + passthrough))
+      for seed in seeds for c in cells]
+  for cell in grid_cells:
     _copy_pool(pool_dir, os.path.join(args.out, cell.name))
   outcome = grid.run_grid(
-      [grid.Cell(c.name, with_ipc(args.config, c.distill["ipc"]),
-                 tuple(c.flags() + passthrough)) for c in cells],
-      args.out, parallel=args.parallel, describe=_convnet_accuracy, prefix="[study]",
-      tables=lambda results: {f"{group}.md": text
-                              for group, text in tables(rows, results, header).items()})
-  for group, text in tables(rows, outcome.results, header).items():
+      grid_cells, args.out, parallel=args.parallel, describe=_convnet_accuracy,
+      prefix="[study]",
+      tables=lambda results: {f"{group}.md": text for group, text in tables(
+          rows, over_seeds(results, seeds), header).items()})
+  for group, text in tables(rows, over_seeds(outcome.results, seeds), header).items():
     print(f"\n## {group}\n{text}", flush=True)
   if outcome.failures:
-    print(f"error: {len(outcome.failures)} of {len(cells)} runs failed", file=sys.stderr)
+    print(f"error: {len(outcome.failures)} of {len(grid_cells)} runs failed",
+          file=sys.stderr)
     return 1
   return 0
 

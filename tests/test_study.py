@@ -26,7 +26,9 @@ def _in_the_repository(monkeypatch):
 def test_plan_merges_cells_that_distil_the_same_thing():
   cells, rows = study.plan(study.GROUPS, [1, 10, 50], DEFAULTS)
   names = [c.name for c in cells]
-  assert len(names) == len(set(names)) == 9 + 4 + 4  # alpha 0.5 and F 4096 are ipc10_ncfm
+  # alpha 0.5, F 4096 and the plateau/release defaults are ipc10_ncfm; psi off is
+  # ipc10_ncfm_nopsi: plateau and release add two cells each.
+  assert len(names) == len(set(names)) == 9 + 4 + 4 + 2 + 2
   by_name = {c.name: c for c in cells}
   assert {l: n for l, n, _ in rows["alpha"]}["alpha 0.5, beta 0.5"] == "ipc10_ncfm"
   assert dict((label, name) for label, name, _ in rows["freqs"])["F 4096"] == "ipc10_ncfm"
@@ -130,3 +132,20 @@ def test_a_rerun_reads_finished_cells_back(tmp_path, monkeypatch):
   assert (tmp_path / "methods.md").read_text() == methods
   assert study.main(argv + ["--config.data.data_dir=/elsewhere"]) == 0
   assert len(calls) == 1 + 3  # another command: the pool and the three cells rerun
+
+
+def test_plateau_and_release_groups_and_seed_folding():
+  defaults = {"ipc": 10, "plateau_monitor": "loss", "calibration_mode": "folded",
+              "frequency_draw": "shared", "sampler": "psi"}
+  cells, rows = study.plan(["plateau", "release"], [10], defaults)
+  names = [c.name for c in cells]
+  # The default setting is shared by both groups: one cell.
+  assert len(names) == len(set(names)) == 1 + 2 + 3
+  assert rows["plateau"][0][1] == rows["release"][0][1]
+  results = {
+      "a_seed0": {"eval": {"convnet": {"mean": 70.0, "runs": [69.0, 71.0]}}},
+      "a_seed1": {"eval": {"convnet": {"mean": 74.0, "runs": [74.0]}}},
+  }
+  folded = study.over_seeds(results, [0, 1])["a"]["eval"]["convnet"]
+  assert folded["mean"] == 72.0 and folded["std"] == 2.0 and folded["runs"] == [70.0, 74.0]
+  assert study.over_seeds(results, [None]) is results
