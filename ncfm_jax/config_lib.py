@@ -69,6 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.name = "cifar10"
   config.data.source = "auto"  # auto | tfds | idx | folder
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # tfds: download and prepare a missing dataset on first use (never ImageNet).
+  config.data.download = True
   config.data.image_size = 32
   config.data.classes = ml_collections.FieldReference(None, field_type=list)
   config.data.max_train_per_class = ml_collections.FieldReference(

@@ -95,3 +95,13 @@ def test_paper_configs_match_release(name, ipc):
       assert got == pytest.approx(want), field
     else:
       assert got == want and type(got) is type(want), field
+
+
+def test_data_download_is_runtime_only():
+  """Downloading or not changes how the data arrives, not what a workdir computed."""
+  from ncfm_jax import workdir  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  assert config.data.download is True
+  offline = config_lib.base_config()
+  offline.data.download = False
+  assert workdir.result_defining(offline) == workdir.result_defining(config)
