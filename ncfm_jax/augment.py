@@ -38,9 +38,9 @@ grid is computed once for the whole batch. Crop is a pad + slice, colour ops and
 are elementwise. (dm_pix.affine_transform interpolates trilinearly over H, W and C, 8
 gathers per output value, and blanks every sample whose centre leaves the image; it was
 ~15x slower here on [2560, 32, 32, 3] and differs from grid_sample at the borders.)
-Random-resized-crop is separable: two gathers of two rows or columns each; on
-[128, 128, 128, 3] (2-core CPU) it took 18 ms, a vmapped jax.image.scale_and_translate
-90 ms (dense [128, 128] resampling matrices) and a vmapped dm_pix.affine_transform 2.9 s.
+Random-resized-crop is separable: two gathers of two rows or columns each, O(H W C)
+per image (jax.image.scale_and_translate contracts dense [H, H] and [W, W] resampling
+matrices, O(H W C (H + W)), and dm_pix.affine_transform has the costs above).
 """
 
 from collections.abc import Callable

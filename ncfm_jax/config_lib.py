@@ -198,8 +198,9 @@ def base_config() -> ml_collections.ConfigDict:
   # (release) lr x0.5 at each fifth of the steps.
   config.eval.lr_decay_fractions = (0.2, 0.4, 0.6, 0.8)
   config.eval.lr_decay_factor = 0.5
-  # (release) `rrc: True`: per image, torchvision's RandomResizedCrop (area 0.5-1,
-  # aspect 3/4-4/3, resized back to the image size) before DSA and CutMix.
+  # Per image, torchvision's RandomResizedCrop (area 0.5-1, aspect 3/4-4/3, resized
+  # back to the image size) before DSA and CutMix, as the release's yaml `rrc: True`
+  # asks (its loader applies the crop only to ImageNet subsets with DSA off).
   config.eval.rrc = True
   config.eval.augment = "color_crop"
   config.eval.cutmix_prob = 0.5
