@@ -1,4 +1,4 @@
-"""Tests for ncfm_jax.augment: DSA ops, shared/per-sample modes, CutMix."""
+"""Tests for ncfm_jax.augment: DSA ops, shared/per-sample modes, random-resized-crop, CutMix."""
 
 import functools
 import math
