@@ -12,6 +12,5 @@ def get_config(arg=None):
   config = config_lib.base_config()
   config.data.name = "cifar10"
   config.distill.ipc = args.ipc
-  config.eval.epochs = {1: 1000, 10: 1000}.get(args.ipc, 500)
   config.eval.archs = ("convnet", "alexnet", "vgg11", "resnet18")
   return config

@@ -12,8 +12,4 @@ def get_config(arg=None):
   config = config_lib.base_config()
   config.data.name = "cifar100"
   config.distill.ipc = args.ipc
-  # 100 classes x 256 real images per step would be 25600 forwards; the
-  # release uses a smaller real batch for CIFAR-100.
-  config.distill.batch_real = 128
-  config.eval.epochs = {1: 1000, 10: 1000}.get(args.ipc, 500)
   return config

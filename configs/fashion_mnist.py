@@ -56,7 +56,7 @@ def _quick(config):
 def _gpu(config):
   """One-GPU preset: the release's networks and batch, a tenth of its steps.
 
-  ConvNet-3 width 128, batch_real 256, F 4096 as released; a pool of 5 (not 20)
+  ConvNet-3 width 128, batch_real 1024, F 4096 as released; a pool of 5 (not 20)
   trained 1500 steps each, 2000 distillation steps at 10x the release's image
   learning rate (its 20000 steps x 1e-3 step budget), 3 evaluation repeats.
   """

@@ -69,6 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.name = "cifar10"
   config.data.source = "auto"  # auto | tfds | idx | folder
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # tfds: download and prepare a missing dataset on first use (never ImageNet).
+  config.data.download = True
   config.data.image_size = 32
   config.data.classes = ml_collections.FieldReference(None, field_type=list)
   config.data.max_train_per_class = ml_collections.FieldReference(
@@ -89,11 +91,18 @@ def base_config() -> ml_collections.ConfigDict:
   config.pretrain.num_models = 20  # (release) num_premodel
   config.pretrain.epochs = 60  # (release) 60 for 32 px, 80 for 128 px
   config.pretrain.max_steps = ml_collections.FieldReference(None, field_type=int)
-  config.pretrain.batch_size = 256
+  config.pretrain.batch_size = 128  # (release)
   config.pretrain.optimizer = "sgd"
   config.pretrain.lr = 0.01
   config.pretrain.momentum = 0.9
   config.pretrain.weight_decay = 5e-4
+  # lr x lr_decay_factor at each of these fractions of the steps: (release
+  # pretrain_script) x0.2 at 2/3 and 5/6 of the epochs.
+  config.pretrain.lr_decay_fractions = (2 / 3, 5 / 6)
+  config.pretrain.lr_decay_factor = 0.2
+  # Random-resized-crop before DSA: the release's pretraining has none (its loader
+  # only converts to tensors; DSA and CutMix run in the training loop).
+  config.pretrain.rrc = False
   config.pretrain.augment = "color_crop"
   config.pretrain.cutmix_prob = 0.5
   config.pretrain.cutmix_beta = 1.0
@@ -105,7 +114,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.distill.factor = 2
   config.distill.init = "mix"  # mix | real | noise
   config.distill.steps = 20000
-  config.distill.batch_real = 256  # real images per class per step
+  # (release) real images per class per step; the pipeline caps it at the
+  # smallest class's count (data.effective_batch_real), e.g. 500 on CIFAR-100.
+  config.distill.batch_real = 1024
   config.distill.loss = "ncfd"  # ncfd | mmd
   config.distill.sampler = "psi"  # psi | gaussian
   config.distill.psi_variant = "mixture"  # mixture | release
@@ -176,13 +187,21 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.baselines = True  # mode=all also evaluates random_real and init
   config.eval.num_eval = 5
   config.eval.archs = ("convnet",)  # CLI: --config.eval.archs=convnet --config.eval.archs=vgg11
-  config.eval.epochs = 1000
+  config.eval.epochs = 2000  # (release) evaluation_epochs, all but Tiny ImageNet
   config.eval.max_steps = ml_collections.FieldReference(None, field_type=int)
   config.eval.batch_size = 128
   config.eval.optimizer = "adamw"
   config.eval.lr = 1e-3
   config.eval.momentum = 0.9
-  config.eval.weight_decay = 5e-4
+  # (release) torch AdamW's default: the release passes no weight_decay.
+  config.eval.weight_decay = 0.01
+  # (release) lr x0.5 at each fifth of the steps.
+  config.eval.lr_decay_fractions = (0.2, 0.4, 0.6, 0.8)
+  config.eval.lr_decay_factor = 0.5
+  # Per image, torchvision's RandomResizedCrop (area 0.5-1, aspect 3/4-4/3, resized
+  # back to the image size) before DSA and CutMix, as the release's yaml `rrc: True`
+  # asks (its loader applies the crop only to ImageNet subsets with DSA off).
+  config.eval.rrc = True
   config.eval.augment = "color_crop"
   config.eval.cutmix_prob = 0.5
   config.eval.cutmix_beta = 1.0
@@ -201,10 +220,7 @@ def imagenet_subset_config(name: str, arg: str | None) -> ml_collections.ConfigD
   config.data.image_size = 128
   config.model.depth = 5
   config.pretrain.epochs = 80  # (release) 128 px
-  config.pretrain.batch_size = 128
   config.distill.ipc = args.ipc
-  config.distill.batch_real = 128
-  config.eval.epochs = 1000 if args.ipc <= 10 else 500
   return config
 
 

@@ -2,7 +2,8 @@
 
 Both phases train the same way (docs/design.md sections 7 and 8): per-sample DSA
 augmentation, CutMix, soft or one-hot targets, a multi-step learning-rate decay
-(x0.5 at each fifth of training). Steps run in chunks: `lax.scan` over
+(`lr_decay_fractions`, `lr_decay_factor`), random-resized-crop when `rrc`.
+Steps run in chunks: `lax.scan` over
 `steps_per_call` steps per host call, batch indices prepared on the host from one
 permutation per epoch (a few KB per call; images stay on the device).
 """
@@ -32,9 +33,21 @@ class TrainState(NamedTuple):
 
 
 def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation:
-  """SGD (momentum) or AdamW with lr x0.5 at each fifth of `total_steps`."""
-  boundaries = {int(total_steps * k / 5): 0.5 for k in range(1, 5)
-                if int(total_steps * k / 5) > 0}
+  """SGD (momentum) or AdamW with a multi-step learning-rate decay.
+
+  The learning rate is `opt_config.lr`, multiplied by `opt_config.lr_decay_factor` at
+  each step `int(f * total_steps)` for f in `opt_config.lr_decay_fractions` (torch's
+  `MultiStepLR`): (0.2, 0.4, 0.6, 0.8) and 0.5 halve it at each fifth (the release's
+  evaluation), (2/3, 5/6) and 0.2 are the release's pool pretraining.
+  """
+  boundaries = {}
+  for fraction in opt_config.lr_decay_fractions:
+    if not 0.0 <= fraction <= 1.0:
+      raise ValueError(f"lr_decay_fractions must lie in [0, 1], got {fraction}")
+    # Rounded first so that e.g. 0.7 * 90 is step 63, not 62.
+    boundary = int(round(total_steps * fraction, 6))
+    if boundary > 0:  # coinciding boundaries compound
+      boundaries[boundary] = boundaries.get(boundary, 1.0) * opt_config.lr_decay_factor
   schedule = optax.piecewise_constant_schedule(opt_config.lr, boundaries)
   if opt_config.optimizer == "sgd":
     return optax.chain(
@@ -95,6 +108,9 @@ def make_train_chunk(model, tx, train_config, mean, std, teacher: Teacher | None
     k_aug, k_mix = jax.random.split(key)
     x = normalize(images[idx], mean, std)
     y = targets[idx]
+    if train_config.rrc:
+      k_aug, k_rrc = jax.random.split(k_aug)
+      x = augment_lib.random_resized_crop(k_rrc, x)
     x = augment_lib.augment(k_aug, x, strategy, per_sample=True)
     x, y = augment_lib.cutmix(k_mix, x, y, prob=train_config.cutmix_prob,
                               beta=train_config.cutmix_beta)
@@ -172,7 +188,8 @@ def train_classifier(key: jax.Array, model, images, targets, train_config, *,
     images: `[N, H, W, C]` uint8 or float32 in [0, 1], device-resident.
     targets: `[N, K]` one-hot or soft labels.
     train_config: a config section with optimizer, lr, momentum, weight_decay,
-      batch_size, augment, cutmix_prob, cutmix_beta, steps_per_call.
+      lr_decay_fractions, lr_decay_factor, batch_size, rrc, augment, cutmix_prob,
+      cutmix_beta, steps_per_call.
     num_steps: optimizer steps.
     init_variables_: start from these variables instead of a fresh init.
     mesh: train data parallel over this mesh's devices (see `make_train_chunk`)

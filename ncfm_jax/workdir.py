@@ -30,7 +30,7 @@ from ncfm_jax.errors import InputError
 # Knobs that change how a run executes, not what it computes: they may differ
 # between invocations on the same workdir.
 RUNTIME_KEYS = frozenset({
-    "data.device_limit_mb", "data.data_dir",
+    "data.device_limit_mb", "data.data_dir", "data.download",
     "distill.steps_per_call", "distill.use_scan", "distill.unroll",
     "distill.checkpoint_every", "distill.keep_checkpoints",
     "distill.class_sharded", "distill.class_block", "distill.block_loop",

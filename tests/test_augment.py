@@ -1,6 +1,7 @@
-"""Tests for ncfm_jax.augment: DSA ops, shared/per-sample modes, CutMix."""
+"""Tests for ncfm_jax.augment: DSA ops, shared/per-sample modes, random-resized-crop, CutMix."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -270,3 +271,84 @@ def test_cutmix_mixes_labels_by_box_area():
   never = fn(_key(0), images, labels, 0.0)
   np.testing.assert_array_equal(never[0], images)
   np.testing.assert_array_equal(never[1], labels)
+
+
+# ---------------------------------------------------------------- random-resized-crop
+
+def _torchvision_box(u, height, width, scale=aug.RRC_SCALE, ratio=aug.RRC_RATIO):
+  """Loop version of torchvision's RandomResizedCrop.get_params on the uniforms
+  u [attempts, 4] (area fraction, log aspect, top, left); (top, left, h, w)."""
+  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+  for s, a, t, l in np.asarray(u, np.float64):
+    area = height * width * (scale[0] + s * (scale[1] - scale[0]))
+    aspect = math.exp(log_lo + a * (log_hi - log_lo))
+    w = int(round(math.sqrt(area * aspect)))
+    h = int(round(math.sqrt(area / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      return int(t * (height - h + 1)), int(l * (width - w + 1)), h, w
+  if width / height < min(ratio):
+    w, h = width, int(round(width / min(ratio)))
+  elif width / height > max(ratio):
+    h, w = height, int(round(height * max(ratio)))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+@pytest.mark.parametrize("height,width", [(32, 32), (16, 24)])
+def test_rrc_boxes_match_torchvision(height, width):
+  u = jax.random.uniform(_key(20), (400, 10, 4))
+  boxes = np.stack([np.asarray(b) for b in aug._rrc_boxes(u, height, width, aug.RRC_SCALE,
+                                                           aug.RRC_RATIO)], -1)
+  expected = np.array([_torchvision_box(row, height, width) for row in np.asarray(u)])
+  np.testing.assert_array_equal(boxes, expected)
+  top, left, h, w = boxes.T
+  assert (top >= 0).all() and (top + h <= height).all()
+  assert (left >= 0).all() and (left + w <= width).all()
+  area = h * w / (height * width)
+  assert area.min() > 0.45 and area.max() <= 1.0 and area.std() > 0.1
+  assert len(set(top)) > 2 and len(set(left)) > 2  # the corner is drawn
+
+
+def test_rrc_boxes_fallback_is_the_centre_crop():
+  u = jax.random.uniform(_key(21), (3, 10, 4))
+  # Square image, aspect 2 only: no box of the whole area fits -> centre, ratio clamped.
+  boxes = aug._rrc_boxes(u, 16, 16, (1.0, 1.0), (2.0, 2.0))
+  np.testing.assert_array_equal(np.stack(boxes, -1), [[4, 0, 8, 16]] * 3)
+  # A 16 x 4 image: no box of area >= 32 fits in 4 columns -> 4 x round(4 / 0.75) = 5.
+  boxes = aug._rrc_boxes(u, 16, 4, aug.RRC_SCALE, aug.RRC_RATIO)
+  np.testing.assert_array_equal(np.stack(boxes, -1), [[5, 0, 5, 4]] * 3)
+
+
+def test_crop_resize_matches_crop_then_jax_image_resize():
+  """Bilinear, half-pixel centres, edges clamped inside the box: jax.image.resize of
+  the cropped box (which renormalises its weights at the edges) gives the same."""
+  images = jnp.asarray(_RNG.standard_normal((5, 12, 10, 3)), jnp.float32)
+  boxes = np.array([[0, 0, 12, 10], [3, 2, 7, 5], [0, 9, 12, 1], [11, 0, 1, 10],
+                    [5, 4, 6, 6]])
+  out = np.asarray(aug._crop_resize(images, *boxes.T))
+  for image, result, (top, left, h, w) in zip(np.asarray(images), out, boxes):
+    crop = image[top:top + h, left:left + w]
+    np.testing.assert_allclose(
+        result, jax.image.resize(crop, image.shape, "linear"), atol=1e-5)
+  np.testing.assert_array_equal(out[0], images[0])  # the whole image: unchanged
+
+
+def test_random_resized_crop_per_sample_deterministic_and_differentiable():
+  one = jnp.asarray(_RNG.standard_normal((1, 16, 16, 3)), jnp.float32)
+  batch = jnp.repeat(one, 6, axis=0)
+  rrc = jax.jit(aug.random_resized_crop)
+  out = np.asarray(rrc(_key(22), batch))
+  assert out.shape == batch.shape and out.dtype == np.float32
+  assert len({o.tobytes() for o in out}) == 6  # one box per image
+  np.testing.assert_array_equal(out, rrc(_key(22), batch))
+  assert not np.array_equal(out, rrc(_key(23), batch))
+  # The documented draw: one [B, attempts, 4] uniform.
+  u = jax.random.uniform(_key(22), (6, 10, 4))
+  np.testing.assert_allclose(
+      out, aug._crop_resize(batch, *aug._rrc_boxes(u, 16, 16, aug.RRC_SCALE, aug.RRC_RATIO)),
+      atol=1e-6)
+  identity = aug.random_resized_crop(_key(22), batch, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+  np.testing.assert_array_equal(identity, batch)
+  check_grads(lambda x: aug.random_resized_crop(_key(24), x), (X[:2, :8, :8],), order=1,
+              modes=["rev"])

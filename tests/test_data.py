@@ -4,6 +4,7 @@ import gzip
 import io
 import time
 import tracemalloc
+import types
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from ncfm_jax.data import images as images_lib
 from ncfm_jax.data import selection as selection_lib
 from ncfm_jax.data import sources
 from ncfm_jax.data import tinyimagenet_prepare
+from ncfm_jax.errors import DataNotFoundError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(
@@ -436,10 +438,101 @@ def test_tfds_imagenet_subset_selection(tfds):
 def test_tfds_missing_dataset_is_instructive(tfds, tmp_path):
   # download=False semantics: fails at once, writes no data.
   with pytest.raises(FileNotFoundError, match=r"cifar10.*download_and_prepare\(\)"):
-    data.load_dataset({"name": "cifar10", "data_dir": str(tmp_path)})
+    data.load_dataset({"name": "cifar10", "data_dir": str(tmp_path), "download": False})
   with pytest.raises(FileNotFoundError, match="downloads/manual/"):
     data.load_dataset({"name": "imagewoof", "data_dir": str(tmp_path)})
   assert not any(tmp_path.rglob("*.tfrecord*"))
+
+
+class _StandInBuilder:
+  """A tfds builder whose data is missing until `download_and_prepare` runs (or fails
+  with `failure`): 20 images 8 x 8 of labels 0..9."""
+
+  def __init__(self, name, data_dir, labels=tuple(str(i) for i in range(10)), failure=None):
+    self.name, self.builder_config, self.data_dir_root = name, None, data_dir
+    self.info = types.SimpleNamespace(
+        supervised_keys=("image", "label"),
+        features={"image": types.SimpleNamespace(shape=(8, 8, 3)),
+                  "label": types.SimpleNamespace(names=list(labels))})
+    self.failure, self.prepared, self.downloads = failure, False, 0
+
+  def is_prepared(self):
+    return self.prepared
+
+  def download_and_prepare(self):
+    self.downloads += 1
+    if self.failure is not None:
+      raise self.failure
+    self.prepared = True
+
+  def as_dataset(self, split, **kwargs):
+    import tensorflow as tf
+    del kwargs
+    if not self.prepared:
+      raise AssertionError(f"Dataset {self.name}: could not find data in {self.data_dir_root}")
+    labels = np.arange(20, dtype=np.int64) % 10
+    images = np.broadcast_to(labels.astype(np.uint8)[:, None, None, None] * 20 + (split == "test"),
+                             (20, 8, 8, 3))
+    return tf.data.Dataset.from_tensor_slices((images, labels))
+
+
+@pytest.fixture
+def stand_in(tfds, monkeypatch, tmp_path):
+  """`stand_in(name, **kwargs)` makes tfds.builder(name, data_dir=tmp_path) return one
+  `_StandInBuilder` (the same on every call, as one data directory would be)."""
+
+  def install(name="cifar10", **kwargs):
+    builder = _StandInBuilder(name, str(tmp_path), **kwargs)
+
+    def factory(tfds_name, data_dir=None):
+      assert tfds_name == name and data_dir == str(tmp_path)
+      return builder
+    monkeypatch.setattr(tfds, "builder", factory)
+    return builder
+  return install
+
+
+def test_tfds_missing_data_is_downloaded_once(stand_in, tmp_path, capsys):
+  builder = stand_in()
+  dataset = data.load_dataset({"name": "cifar10", "data_dir": str(tmp_path)})  # default: True
+  assert builder.downloads == 1
+  assert "'cifar10' is not under" in capsys.readouterr().out
+  assert dataset.train_images.shape == (20, 32, 32, 3)
+  np.testing.assert_array_equal(dataset.train_labels, np.arange(20) % 10)
+  again = data.load_dataset({"name": "cifar10", "data_dir": str(tmp_path)})
+  assert builder.downloads == 1  # prepared now: read, not downloaded again
+  np.testing.assert_array_equal(again.train_images, dataset.train_images)
+
+
+def test_tfds_download_false_never_downloads(stand_in, tmp_path):
+  builder = stand_in()
+  with pytest.raises(DataNotFoundError, match=r"'cifar10' is not prepared.*download_and_prepare\(\)"):
+    data.load_dataset({"name": "cifar10", "data_dir": str(tmp_path), "download": False})
+  assert builder.downloads == 0
+
+
+@pytest.mark.parametrize("failure", [
+    ConnectionError("Failed to establish a new connection:\n[Errno -3] name resolution"),
+    "download_error"])
+def test_tfds_download_failure_is_one_instructive_line(stand_in, tmp_path, tfds, failure):
+  if failure == "download_error":
+    failure = tfds.download.DownloadError("Failed to get url https://example/cifar.tar.gz")
+  builder = stand_in(failure=failure)
+  with pytest.raises(DataNotFoundError) as raised:
+    data.load_dataset({"name": "cifar10", "data_dir": str(tmp_path)})
+  message = str(raised.value)
+  assert "\n" not in message
+  assert "'cifar10' could not be downloaded" in message
+  assert f"tfds.builder('cifar10', data_dir={str(tmp_path)!r}).download_and_prepare()" in message
+  assert isinstance(raised.value, ValueError) and isinstance(raised.value, FileNotFoundError)
+  assert raised.value.__cause__ is failure and builder.downloads == 1
+
+
+def test_tfds_imagenet_is_never_downloaded(stand_in, tmp_path):
+  builder = stand_in("imagenet2012", labels=data.imagenet_subset_wnids("imagewoof"))
+  with pytest.raises(DataNotFoundError, match="downloads/manual/"):
+    data.load_dataset({"name": "imagewoof", "data_dir": str(tmp_path), "download": True})
+  assert builder.downloads == 0
 
 
 def test_dataset_table_covers_design():

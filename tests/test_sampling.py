@@ -8,7 +8,7 @@ import pytest
 from ncfm_jax import data
 from ncfm_jax.data import sampling
 
-# Class sizes: class 2 has fewer images than the batch of 4 (drawn with replacement).
+# Class sizes: class 2 has fewer images than the batch of 4 (its permutation repeats).
 _COUNTS = (5, 8, 3, 6)
 _BATCH = 4
 
@@ -99,14 +99,63 @@ def test_sample_class_batches_is_uniform():
   np.testing.assert_allclose(first_slot, 1 / _COUNTS[1], atol=0.03)
 
 
-def test_batch_larger_than_every_class_uses_replacement():
+def _two_byte_images(counts, seed=0):
+  """uint8 [N, 1, 2, 1] images encoding their index (hi, lo bytes), shuffled labels."""
+  labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(counts)), counts))
+  ids = np.arange(labels.size)
+  images = np.stack([ids // 256, ids % 256], axis=-1).astype(np.uint8)
+  return images.reshape(-1, 1, 2, 1), labels
+
+
+def _two_byte_ids(batch) -> np.ndarray:
+  batch = np.asarray(batch).astype(int)
+  return batch[..., 0, 0, 0] * 256 + batch[..., 0, 1, 0]
+
+
+def test_effective_batch_real():
+  assert sampling.effective_batch_real(1024, [500] * 100) == 500  # CIFAR-100
+  assert sampling.effective_batch_real(1024, np.array([1300, 732, 1300])) == 732
+  assert sampling.effective_batch_real(256, [5000] * 10) == 256  # CIFAR-10: no cap
+  assert data.effective_batch_real(4, _COUNTS) == 3
+  for bad in ((0, [5]), (4, []), (4, [3, 0])):
+    with pytest.raises(ValueError):
+      sampling.effective_batch_real(*bad)
+
+
+@pytest.mark.parametrize("counts", [(500, 700, 500), _COUNTS])
+def test_batch_at_the_cap_is_without_replacement(counts):
+  """B = effective_batch_real: B distinct images in every class, on the device and the
+  host; a class of exactly B images comes back whole (a permutation of it)."""
+  images, labels = _two_byte_images(counts)
+  batch = sampling.effective_batch_real(1024, counts)
+  indexed = data.make_class_indexed(images, labels, len(counts))
+  host = data.HostClassSampler(images, labels, len(counts), seed=0)
+  for ids in (_two_byte_ids(data.sample_class_batches(jax.random.key(6), indexed, batch)),
+              _two_byte_ids(host.sample(batch, step=0))):
+    assert ids.shape == (len(counts), batch)
+    for c, count in enumerate(counts):
+      assert (labels[ids[c]] == c).all()
+      assert len(set(ids[c])) == batch  # no duplicate within a class's batch
+      if count == batch:
+        assert set(ids[c]) == set(np.flatnonzero(labels == c))
+
+
+def test_batch_larger_than_a_class_repeats_its_permutation():
+  """B above a class's count: every image of the class, each floor(B / count) or
+  ceil(B / count) times (a permutation repeated; no draw with replacement)."""
   images, labels = _indexed_images()
   indexed = data.make_class_indexed(images, labels, len(_COUNTS))
-  batch = data.sample_class_batches(jax.random.key(5), indexed, 12)
-  ids = _image_ids(batch)
-  assert ids.shape == (len(_COUNTS), 12)
-  for c in range(len(_COUNTS)):
-    assert (labels[ids[c]] == c).all()
+  host = data.HostClassSampler(images, labels, len(_COUNTS), seed=0)
+  for step in range(5):
+    for ids in (_image_ids(data.sample_class_batches(jax.random.key(step), indexed, 12)),
+                _image_ids(host.sample(12, step=step))):
+      assert ids.shape == (len(_COUNTS), 12)
+      for c, count in enumerate(_COUNTS):
+        assert (labels[ids[c]] == c).all()
+        times = np.bincount(ids[c], minlength=labels.size)[labels == c]
+        assert times.min() == 12 // count and times.max() == -(-12 // count)
+        # The first `count` entries are one permutation of the class.
+        assert set(ids[c, :count]) == set(np.flatnonzero(labels == c))
 
 
 def test_host_sampler_matches_device_contract():

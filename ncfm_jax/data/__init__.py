@@ -3,6 +3,7 @@
 from ncfm_jax.data.sampling import ClassIndexedData
 from ncfm_jax.data.sampling import DEFAULT_DEVICE_LIMIT_BYTES
 from ncfm_jax.data.sampling import HostClassSampler
+from ncfm_jax.data.sampling import effective_batch_real
 from ncfm_jax.data.sampling import fits_on_device
 from ncfm_jax.data.sampling import make_class_indexed
 from ncfm_jax.data.sampling import sample_class_batches

@@ -10,8 +10,12 @@ channels):
 * ``HostClassSampler``: numpy, for training sets too large for device memory; the
   caller transfers each batch. ``fits_on_device`` decides between the two.
 
-Within a class, indices are drawn uniformly without replacement when the class has at
-least B images, with replacement otherwise.
+Within a class, every step draws a fresh uniformly random permutation of the class's
+images and takes its first B (the release's real batch: the first ``min(B, count)`` of a
+permutation, without replacement). Both samplers need B at most the smallest class's
+count for B distinct images in every class; ``effective_batch_real`` is that cap. A
+larger B repeats the permutation cyclically in the smaller classes (each image then
+appears ``floor(B / count)`` or ``ceil(B / count)`` times, never drawn with replacement).
 """
 
 from __future__ import annotations
@@ -92,20 +96,43 @@ def make_class_indexed(images: np.ndarray, labels: np.ndarray,
                           jnp.asarray(class_counts))
 
 
+def effective_batch_real(batch_real: int, class_counts) -> int:
+  """The real batch per class the samplers can draw without repeats.
+
+  ``min(batch_real, min_c count_c)``: the release takes the first ``min(batch_real,
+  count_c)`` images of a permutation of class c, so CIFAR-100 and Tiny ImageNet (500
+  images per class) get 500 at ``batch_real=1024``. One B for every class keeps the
+  batch ``[C, B, ...]`` rectangular.
+
+  Args:
+    batch_real: the requested B (``distill.batch_real``), >= 1.
+    class_counts: int [C], training images per class (``class_index_table``'s counts).
+
+  Returns:
+    B capped at the smallest class's count.
+
+  >>> effective_batch_real(1024, [500, 500, 500])
+  500
+  """
+  counts = np.asarray(class_counts)
+  if batch_real < 1:
+    raise ValueError(f"batch_real must be >= 1, got {batch_real}")
+  if counts.ndim != 1 or counts.size == 0 or counts.min() < 1:
+    raise ValueError(f"class_counts must be a non-empty list of positive counts, got {counts}")
+  return int(min(batch_real, counts.min()))
+
+
 def _class_positions(key: jax.Array, count: jax.Array, *, max_count: int,
                      batch_per_class: int) -> jax.Array:
-  """B positions in ``[0, count)``: distinct if ``count >= B``, else i.i.d. uniform."""
-  subset_key, replace_key = jax.random.split(key)
-  # The k largest of i.i.d. uniform scores over the valid positions are a uniformly
-  # random k-subset, in random order; padding scores -1 and is never among them
-  # while count >= k.
+  """B positions in ``[0, count)``: the first B of a random permutation of the
+  class, repeated cyclically when ``count < B``."""
+  # The valid positions sorted by i.i.d. uniform scores are a uniformly random
+  # permutation; padding scores -1 and comes after every valid position.
   k = min(batch_per_class, max_count)
   scores = jnp.where(jnp.arange(max_count) < count,
-                     jax.random.uniform(subset_key, (max_count,)), -1.0)
+                     jax.random.uniform(key, (max_count,)), -1.0)
   _, top = jax.lax.top_k(scores, k)
-  without_replacement = top[jnp.arange(batch_per_class) % k]
-  with_replacement = jax.random.randint(replace_key, (batch_per_class,), 0, count)
-  return jnp.where(count >= batch_per_class, without_replacement, with_replacement)
+  return top[jnp.arange(batch_per_class) % jnp.minimum(count, k)]
 
 
 @functools.partial(jax.jit, static_argnames=("batch_per_class",))
@@ -119,9 +146,9 @@ def sample_class_batches(key: jax.Array, data: ClassIndexedData,
     batch_per_class: B (static).
 
   Returns:
-    uint8 [C, B, H, W, C']; ``out[c]`` are images of class c, distinct when the
-    class has at least B images (uniform without replacement), otherwise drawn
-    uniformly with replacement.
+    uint8 [C, B, H, W, C']; ``out[c]`` are B distinct images of class c drawn
+    uniformly without replacement when the class has at least B images (see
+    ``effective_batch_real``), else its permutation repeated cyclically.
   """
   chex.assert_rank([data.images, data.class_index, data.class_counts], [4, 2, 1])
   num_classes, max_count = data.class_index.shape
@@ -172,11 +199,8 @@ class HostClassSampler:
     rng = np.random.default_rng((self.seed, self._take_step(step)))
     rows = []
     for index_row, count in zip(self.class_index, self.class_counts):
-      if count >= batch_per_class:
-        positions = rng.choice(count, batch_per_class, replace=False)
-      else:
-        positions = rng.integers(0, count, batch_per_class)
-      rows.append(index_row[positions])
+      distinct = rng.choice(count, min(batch_per_class, count), replace=False)
+      rows.append(index_row[distinct[np.arange(batch_per_class) % distinct.size]])
     return np.stack(rows)
 
   def sample(self, batch_per_class: int, step: int | None = None) -> np.ndarray:

@@ -21,6 +21,9 @@ table).
 * ``classes``: class indices to keep, relabelled ``0..k-1`` in the order given.
 * ``max_train_per_class``: keep the first n training images of each class.
 * ``max_test``: keep the first n test images.
+* ``download``: tfds only: download and prepare a missing dataset that tfds can fetch
+  by itself (default True; never ImageNet). False: a missing dataset is an error that
+  gives the command to prepare it.
 * ``test_split``: override the test split name (tfds split, or folder dir name).
 * ``tfds_name``: override the tfds builder name (e.g. ``"imagenette/320px-v2"``).
 * ``channels``: folder datasets: 1 or 3 (default: the table's, else 3).
@@ -149,6 +152,7 @@ class _Options(NamedTuple):
   tfds_name: str | None
   channels: int | None
   num_workers: int
+  download: bool
 
 
 def _positive_or_none(value: Any, field: str) -> int | None:
@@ -182,7 +186,8 @@ def _options(data_config: Mapping[str, Any]) -> _Options:
       test_split=get("test_split"), tfds_name=get("tfds_name"),
       channels=_positive_or_none(get("channels"), "channels"),
       num_workers=_positive_or_none(get("num_workers"), "num_workers")
-      or min(8, os.cpu_count() or 1))
+      or min(8, os.cpu_count() or 1),
+      download=bool(get("download", True)))
 
 
 def _idx_dirs(opts: _Options) -> list[str]:
@@ -264,7 +269,8 @@ def _load_tfds(opts: _Options, spec: DatasetSpec | None):
       test_split=opts.test_split or (spec.tfds_test_split if spec else "test"),
       selection=opts.selection, image_size=opts.image_size,
       num_workers=opts.num_workers,
-      wnids=imagenet_subset_wnids(spec.subset) if spec and spec.subset else None)
+      wnids=imagenet_subset_wnids(spec.subset) if spec and spec.subset else None,
+      download=opts.download)
 
 
 _LOADERS = {"idx": _load_idx, "folder": _load_folder, "tfds": _load_tfds}

@@ -1,4 +1,11 @@
-"""TensorFlow Datasets source (prepared datasets only: this module never downloads).
+"""TensorFlow Datasets source, downloading what tfds can fetch by itself.
+
+A dataset missing under ``data_dir`` is downloaded and prepared on first use (tfds shows
+its progress) when ``download`` is set and tfds can fetch it (cifar10, cifar100,
+svhn_cropped, imagenette, mnist, fashion_mnist, ...). ImageNet (``imagenet2012``, and
+any builder with manual download instructions) is never downloaded: the error says
+where to put the archives. Offline, or with ``download=False``, a missing dataset stops
+with one line naming it and the command that prepares it.
 
 Two ways to read a split:
 
@@ -84,6 +91,33 @@ def _as_dataset(builder, split: str, data_dir: str | None, **kwargs):
         f"{prepare_instructions(name, data_dir)}") from err
 
 
+def _needs_manual_download(builder) -> bool:
+  return (builder.name == IMAGENET_BUILDER
+          or bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)))
+
+
+def _prepare(builder, data_dir: str | None) -> None:
+  """Downloads and prepares a missing dataset that tfds can fetch by itself.
+
+  Raises:
+    DataNotFoundError: the download failed (offline, server down); one line with
+      the dataset and the command that prepares it.
+  """
+  if builder.is_prepared() or _needs_manual_download(builder):
+    return  # a missing manual dataset fails in _as_dataset, with the instructions
+  tfds, _ = _modules()
+  name = _full_name(builder)
+  print(f"[data] tfds dataset '{name}' is not under {builder.data_dir_root}: "
+        "downloading and preparing it (once)", flush=True)
+  try:
+    builder.download_and_prepare()
+  except (OSError, tfds.download.DownloadError) as err:
+    reason = (str(err).strip().splitlines() or [""])[0][:200]
+    raise DataNotFoundError(
+        f"tfds dataset '{name}' could not be downloaded ({type(err).__name__}: "
+        f"{reason}); {prepare_instructions(name, data_dir)}") from err
+
+
 def _full_name(builder) -> str:
   """'name' or 'name/config' as tfds.builder accepts it."""
   config = builder.builder_config
@@ -155,8 +189,9 @@ def load_tfds(tfds_name: str, *, data_dir: str | None, train_split: str,
               test_split: str, selection: selection_lib.Selection,
               image_size: int | None, num_workers: int,
               wnids: Sequence[str] | None = None, chunk_size: int = 256,
+              download: bool = False,
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
-  """Reads a prepared tfds dataset (``download=False`` semantics).
+  """Reads a tfds dataset, first downloading and preparing it when asked to.
 
   Args:
     tfds_name: builder name, e.g. ``"cifar10"``, ``"imagenette/full-size-v2"``.
@@ -171,16 +206,20 @@ def load_tfds(tfds_name: str, *, data_dir: str | None, train_split: str,
       they must be label names of the builder.
     chunk_size: examples per read batch; for streamed datasets, the encoded
       images held before decoding (bounds host memory).
+    download: download and prepare the dataset when it is missing (not ImageNet,
+      whose archives need a manual download).
 
   Returns:
     ``(train_images uint8 [N, H, W, C], train_labels int32 [N], test_images,
     test_labels, class_names)`` with labels relabelled to the selected classes.
 
   Raises:
-    FileNotFoundError: the dataset is not prepared under ``data_dir``; the message
-      says how to prepare it.
+    DataNotFoundError: the dataset is not prepared under ``data_dir`` (and was not,
+      or could not be, downloaded); the message says how to prepare it.
   """
   builder = _builder(tfds_name, data_dir)
+  if download:
+    _prepare(builder, data_dir)
   image_key, label_key = builder.info.supervised_keys
   label_names = tuple(builder.info.features[label_key].names)
   if wnids is None:
