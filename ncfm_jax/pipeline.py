@@ -131,11 +131,12 @@ class Run:
     """`config.distill` with `batch_real` capped at the smallest class (as the release
     slices each class's permutation), said once when it caps."""
     d = self.config.distill.copy_and_resolve_references()
-    smallest = int(np.bincount(self.dataset.train_labels, minlength=self.num_classes).min())
-    if d.batch_real > smallest:
-      print(f"[distill] distill.batch_real={d.batch_real} capped at {smallest}, the "
+    counts = np.bincount(self.dataset.train_labels, minlength=self.num_classes)
+    capped = data_lib.effective_batch_real(d.batch_real, counts)
+    if capped < d.batch_real:
+      print(f"[distill] distill.batch_real={d.batch_real} capped at {capped}, the "
             f"smallest class's training images", flush=True)
-      d.batch_real = smallest
+      d.batch_real = capped
     return d
 
   def distill(self) -> dict:

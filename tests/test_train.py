@@ -1,9 +1,13 @@
-"""Classifier training and accuracy: compile once, teacher weights as arguments."""
+"""Classifier training: the recipe (schedules, weight decay, augmentation order),
+accuracy compiled once, teacher weights as arguments."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import pytest
 
+from ncfm_jax import augment as augment_lib
 from ncfm_jax import config_lib
 from ncfm_jax import models
 from ncfm_jax import train as train_lib
@@ -57,3 +61,74 @@ def test_soft_label_teacher_changes_training():
   taught = [leaves(train(teacher)) for teacher in teachers]
   assert not np.allclose(plain, taught[0])
   assert not np.allclose(taught[0], taught[1])  # the teacher's weights are read
+
+
+def _learning_rates(fractions, factor, total_steps):
+  """The lr of each of `total_steps` steps, read off plain SGD updates of a scalar."""
+  config = ml_collections.ConfigDict(dict(
+      optimizer="sgd", lr=0.5, momentum=0.0, weight_decay=0.0,
+      lr_decay_fractions=fractions, lr_decay_factor=factor))
+  tx = train_lib.make_optimizer(config, total_steps)
+  params = jnp.zeros(())
+  state = tx.init(params)
+  rates = []
+  for _ in range(total_steps):
+    updates, state = tx.update(jnp.ones(()), state, params)
+    rates.append(-float(updates) / 0.5)
+  return np.array(rates)
+
+
+def test_release_pretrain_schedule():
+  """x0.2 at 2/3 and 5/6 of the steps: torch MultiStepLR(milestones=[40, 50]) over 60."""
+  expected = np.repeat([1.0, 0.2, 0.04], [40, 10, 10])
+  np.testing.assert_allclose(_learning_rates((2 / 3, 5 / 6), 0.2, 60), expected, rtol=1e-6)
+
+
+def test_fifths_schedule():
+  expected = np.repeat([1.0, 0.5, 0.25, 0.125, 0.0625], 2)
+  np.testing.assert_allclose(_learning_rates((0.2, 0.4, 0.6, 0.8), 0.5, 10), expected,
+                             rtol=1e-6)
+  # 0.7 * 90 is 62.99999... in floating point: still step 63.
+  np.testing.assert_allclose(_learning_rates((0.7,), 0.5, 90), np.repeat([1.0, 0.5], [63, 27]),
+                             rtol=1e-6)
+  # Over 2 steps 0.6 and 0.8 both fall on step 1 and compound; 0.2 and 0.4 fall on
+  # step 0, which is no boundary (as torch ignores a milestone 0).
+  np.testing.assert_allclose(_learning_rates((0.2, 0.4, 0.6, 0.8), 0.5, 2),
+                             [1.0, 0.25], rtol=1e-6)
+  with pytest.raises(ValueError, match="lr_decay_fractions"):
+    _learning_rates((1.5,), 0.5, 4)
+
+
+def test_eval_adamw_weight_decay_is_torch_adamw():
+  """Decoupled: with a zero gradient, one step moves p by -lr * weight_decay * p."""
+  config = config_lib.base_config().eval
+  tx = train_lib.make_optimizer(config, 10)
+  params = jnp.full((3,), 2.0)
+  updates, _ = tx.update(jnp.zeros((3,)), tx.init(params), params)
+  np.testing.assert_allclose(updates, -1e-3 * 0.01 * 2.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rrc", [True, False])
+def test_train_step_crops_before_dsa(monkeypatch, rrc):
+  calls = []
+
+  def spy(name, fn):
+    def wrapped(*args, **kwargs):
+      calls.append(name)
+      return fn(*args, **kwargs)
+    return wrapped
+
+  monkeypatch.setattr(augment_lib, "random_resized_crop",
+                      spy("rrc", augment_lib.random_resized_crop))
+  monkeypatch.setattr(augment_lib, "augment", spy("dsa", augment_lib.augment))
+  monkeypatch.setattr(augment_lib, "cutmix", spy("cutmix", augment_lib.cutmix))
+  config = config_lib.base_config().eval
+  config.rrc, config.batch_size, config.steps_per_call = rrc, 8, 1
+  model = models.get_model("convnet", 2, width=4, depth=1, norm="instance", image_size=8,
+                           channels=1)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (16, 8, 8, 1)).astype(np.uint8)
+  targets = jax.nn.one_hot(rng.integers(0, 2, 16), 2)
+  train_lib.train_classifier(jax.random.key(0), model, images, targets, config,
+                             num_steps=1, mean=(0.5,), std=(0.25,), log_every_seconds=1e9)
+  assert calls == (["rrc"] if rrc else []) + ["dsa", "cutmix"]
