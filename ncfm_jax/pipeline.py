@@ -137,6 +137,9 @@ class Run:
       print(f"[distill] distill.batch_real={d.batch_real} capped at {capped}, the "
             f"smallest class's training images", flush=True)
       d.batch_real = capped
+      if d.real_chunk and capped % d.real_chunk:
+        raise InputError(f"distill.real_chunk={d.real_chunk} must divide the capped "
+                         f"distill.batch_real={capped}")
     return d
 
   def distill(self) -> dict:
