@@ -1,53 +1,30 @@
-"""The min-max distillation step on tiny shapes."""
+"""The min-max distillation step on tiny shapes (tests/_tiny.py)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _tiny
 from ncfm_jax import config_lib
 from ncfm_jax import distill
 from ncfm_jax import execution
-from ncfm_jax import models
 from ncfm_jax import train as train_lib
 from ncfm_jax.data import sampling
 
-CLASSES, IPC, SIZE = 3, 2, 16
-MEAN, STD = (0.5,), (0.25,)
+CLASSES, IPC, SIZE = _tiny.CLASSES, _tiny.IPC, _tiny.SIZE
+MEAN, STD = _tiny.MEAN, _tiny.STD
 
 
 def _config(**overrides):
-  config = config_lib.base_config().distill
-  config.ipc = IPC
-  config.factor = 2
-  config.batch_real = 8
-  config.num_freqs = 64
-  config.steps_per_call = 2
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+  # psi at the release's learning rate unless a test asks for more.
+  return _tiny.config(**{"psi_lr": config_lib.base_config().distill.psi_lr, **overrides})
 
 
 def _setup(**overrides):
   config = _config(**overrides)
-  model = models.get_model("convnet", CLASSES, width=8, depth=2, norm="instance",
-                           image_size=SIZE, channels=1)
-  example = jnp.zeros((1, SIZE, SIZE, 1))
-  members = [(train_lib.init_variables(jax.random.PRNGKey(2 * i), model, example),
-              train_lib.init_variables(jax.random.PRNGKey(2 * i + 1), model, example))
-             for i in range(2)]
-  pool = distill.stack_pool(members)
-  feats, _ = model.apply(members[0][0], example)
-  syn = jax.random.uniform(jax.random.PRNGKey(7), (CLASSES, IPC, SIZE, SIZE, 1))
-  state = distill.init_state(jax.random.PRNGKey(0), syn, feats.shape[-1], config)
-  rng = np.random.default_rng(0)
-  # Class c images are brighter with c, so the classes differ in distribution.
-  real = np.stack([rng.integers(40 * c, 120 + 40 * c, (20, SIZE, SIZE, 1))
-                   for c in range(CLASSES)]).astype(np.uint8)
-  data = sampling.make_class_indexed(real.reshape(-1, SIZE, SIZE, 1),
-                                     np.repeat(np.arange(CLASSES), 20), CLASSES)
-  step = distill.make_distill_step(model, config, MEAN, STD, feats.shape[-1])
-  return config, state, pool, data, step
+  tiny = _tiny.setup(config)
+  return config, tiny.state, tiny.pool, tiny.data, tiny.step
 
 
 def test_step_updates_images_in_range_and_jits_once():
@@ -115,8 +92,7 @@ def test_chunked_forward_passes_match_one_batch(chunks):
 def test_mmd_is_dms_loss_on_raw_features_without_the_scale():
   # One member whose init and trained weights coincide: the blend is that network.
   config = _config(loss="mmd", augment="none", factor=1, calibration_weight=0.0)
-  model = models.get_model("convnet", CLASSES, width=8, depth=2, norm="instance",
-                           image_size=SIZE, channels=1)
+  model = _tiny.tiny_model()
   variables = train_lib.init_variables(jax.random.PRNGKey(4), model,
                                        jnp.zeros((1, SIZE, SIZE, 1)))
   pool = distill.stack_pool([(variables, variables)])
@@ -126,7 +102,7 @@ def test_mmd_is_dms_loss_on_raw_features_without_the_scale():
   real = jax.random.randint(jax.random.PRNGKey(8), (CLASSES, 8, SIZE, SIZE, 1), 0, 256
                             ).astype(jnp.uint8)
   step = distill.make_distill_step(model, config, MEAN, STD, feature_dim)
-  match, _ = jax.jit(step.evaluate)(state, pool, real)
+  match = jax.jit(step.evaluate)(state, pool, real).match
 
   def mean_features(images):
     x = (np.asarray(images, np.float32) - MEAN[0]) / STD[0]
