@@ -32,13 +32,14 @@ def _manager(out_dir: str) -> ocp.CheckpointManager:
 
 def sharded(out_dir: str) -> None:
   assert distributed.maybe_initialize(), "expected NCFM_* variables of a 2-process launch"
-  import _sharding_common as common  # after initialize: it touches the backend
+  import _tiny  # after initialize: it touches the backend
   from ncfm_jax import execution
   from ncfm_jax import sharding
   assert jax.process_count() == 2 and jax.device_count() == 2, distributed.describe()
 
-  cfg = common.config()
-  state, pool, data, step = common.setup(cfg)
+  cfg = _tiny.config()
+  state, pool, data, distill_step, *_ = _tiny.setup(cfg)
+  step = distill_step.step
   mesh = sharding.make_mesh()
   out = {}
   # Class-sharded placement across processes and back (each process fills its shards).
@@ -50,7 +51,7 @@ def sharded(out_dir: str) -> None:
   run = execution.make_run_steps(step, cfg, NUM_STEPS, mesh=mesh).run
   new_state, metrics = run(sharding.shard_state(state, mesh), sharding.replicate(pool, mesh),
                            sharding.replicate(data, mesh))
-  out.update(common.results("dp_", sharding.to_host(new_state), sharding.to_host(metrics)))
+  out.update(_tiny.results("dp_", sharding.to_host(new_state), sharding.to_host(metrics)))
   manager = _manager(out_dir)
   manager.save(NUM_STEPS, args=ocp.args.StandardSave(new_state))
   manager.wait_until_finished()
@@ -61,28 +62,29 @@ def sharded(out_dir: str) -> None:
 
 
 def single(out_dir: str) -> None:
-  import _sharding_common as common
+  import _tiny
   from ncfm_jax import distill
   from ncfm_jax import execution
   assert jax.process_count() == 1
-  cfg = common.config()
-  state, pool, data, step = common.setup(cfg)
+  cfg = _tiny.config()
+  state, pool, data, distill_step, *_ = _tiny.setup(cfg)
+  step = distill_step.step
   run = execution.make_run_steps(step, cfg, NUM_STEPS).run
   copy = lambda tree: jax.tree.map(jnp.array, tree)
   out = {}
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   ref_state, metrics = run(copy(state), pool, data)
-  out.update(common.results("ref_", ref_state, metrics))
+  out.update(_tiny.results("ref_", ref_state, metrics))
   ref_state, metrics = run(ref_state, pool, data)
-  out.update(common.results("ref_more_", ref_state, metrics))
+  out.update(_tiny.results("ref_more_", ref_state, metrics))
 
   manager = _manager(out_dir)
   restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
   manager.close()
   restored = distill.DistillState(*restored)
-  out.update(common.results("restored_", restored, {"loss": np.zeros(0)}))
+  out.update(_tiny.results("restored_", restored, {"loss": np.zeros(0)}))
   resumed, metrics = run(restored, pool, data)
-  out.update(common.results("resumed_", resumed, metrics))
+  out.update(_tiny.results("resumed_", resumed, metrics))
   np.savez(os.path.join(out_dir, "single.npz"), **out)
 
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import _sharding_common as common
+import _tiny
 from ncfm_jax import execution
 from ncfm_jax import sharding
 
@@ -31,13 +31,14 @@ def _conv_batches(compiled_text: str) -> list[int]:
 
 def main(out_path: str) -> None:
   assert jax.device_count() == 4, jax.devices()
-  cfg = common.config()
-  state, pool, data, step = common.setup(cfg)
+  cfg = _tiny.config()
+  state, pool, data, distill_step, *_ = _tiny.setup(cfg)
+  step = distill_step.step
   copy = lambda tree: jax.tree.map(jnp.array, tree)
   out = {}
   ref_state, ref_metrics = execution.make_run_steps(step, cfg, NUM_STEPS).run(
       copy(state), pool, data)
-  out.update(common.results("single_", ref_state, ref_metrics))
+  out.update(_tiny.results("single_", ref_state, ref_metrics))
 
   mesh = sharding.make_mesh()
   for name, class_sharded in (("dp_", False), ("cs_", True)):
@@ -47,13 +48,13 @@ def main(out_path: str) -> None:
     pool_r, data_r = sharding.replicate(pool, mesh), sharding.replicate(data, mesh)
     text = run_steps.jitted(s0, data_r).lower(s0, pool_r, data_r).compile().as_text()
     new_state, metrics = run_steps.run(s0, pool_r, data_r)
-    out.update(common.results(name, sharding.to_host(new_state), metrics))
+    out.update(_tiny.results(name, sharding.to_host(new_state), metrics))
     out[name + "conv_batches"] = np.asarray(_conv_batches(text))
     out[name + "images_spec"] = np.asarray(str(new_state.syn_images.sharding.spec))
     mu = new_state.image_opt_state[0][0].mu
     out[name + "mu_spec"] = np.asarray(str(mu.sharding.spec))
   try:
-    execution.make_run_steps(step, common.config(batch_real=6), NUM_STEPS, mesh=mesh)
+    execution.make_run_steps(step, _tiny.config(batch_real=6), NUM_STEPS, mesh=mesh)
   except ValueError as err:
     out["error_batch"] = np.asarray(str(err))
   try:
@@ -65,8 +66,8 @@ def main(out_path: str) -> None:
   for norm in ("instance", "batch"):
     for use_scan in (False, True):
       name = f"train_{norm}_{'scan' if use_scan else 'loop'}_"
-      out[name + "single"], _ = common.train_classifier(norm, use_scan)
-      out[name + "dp"], out[name + "dp_used_mesh"] = common.train_classifier(
+      out[name + "single"], _ = _tiny.train_classifier(norm, use_scan)
+      out[name + "dp"], out[name + "dp_used_mesh"] = _tiny.train_classifier(
           norm, use_scan, mesh)
   np.savez(out_path, **out)
 

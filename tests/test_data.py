@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import _tiny
+
 from ncfm_jax import data
 from ncfm_jax.data import idx as idx_lib
 from ncfm_jax.data import images as images_lib
@@ -26,26 +28,6 @@ needs_fashion = pytest.mark.skipif(
 
 
 # ---------------------------------------------------------------- IDX helpers
-
-def _idx_bytes(array: np.ndarray, magic: bytes | None = None) -> bytes:
-  """Serialises a uint8 array as IDX (optionally with a forged magic number)."""
-  header = magic or bytes([0, 0, 0x08, array.ndim])
-  dims = np.asarray(array.shape, ">u4").tobytes()
-  return header + dims + np.ascontiguousarray(array, np.uint8).tobytes()
-
-
-def _write(path: Path, payload: bytes, gz: bool) -> Path:
-  path = path.with_name(path.name + ".gz") if gz else path
-  path.write_bytes(gzip.compress(payload) if gz else payload)
-  return path
-
-
-def _write_idx_set(directory: Path, train_x, train_y, test_x, test_y, gz: bool) -> None:
-  directory.mkdir(parents=True, exist_ok=True)
-  for stem, array in (("train-images-idx3-ubyte", train_x), ("train-labels-idx1-ubyte", train_y),
-                      ("t10k-images-idx3-ubyte", test_x), ("t10k-labels-idx1-ubyte", test_y)):
-    _write(directory / stem, _idx_bytes(array), gz)
-
 
 def _small_idx_arrays(rng, num_train=12, num_test=6, side=6, num_classes=3):
   train_y = np.arange(num_train, dtype=np.uint8) % num_classes
@@ -119,7 +101,7 @@ def test_fashion_mnist_resize_and_max_test():
 def test_idx_small_files_round_trip(tmp_path, gz):
   rng = np.random.default_rng(0)
   arrays = _small_idx_arrays(rng)
-  _write_idx_set(tmp_path, *arrays, gz=gz)
+  _tiny.write_idx_set(tmp_path, *arrays, gz=gz)
   dataset = data.load_dataset({"name": "toy_idx", "source": "idx", "data_dir": str(tmp_path)})
   np.testing.assert_array_equal(dataset.train_images[..., 0], arrays[0])
   np.testing.assert_array_equal(dataset.train_labels, arrays[1])
@@ -134,9 +116,9 @@ def test_idx_small_files_round_trip(tmp_path, gz):
 def test_idx_bad_magic(tmp_path):
   rng = np.random.default_rng(1)
   train_x, train_y, test_x, test_y = _small_idx_arrays(rng)
-  _write_idx_set(tmp_path, train_x, train_y, test_x, test_y, gz=False)
-  bad = _write(tmp_path / "train-labels-idx1-ubyte", _idx_bytes(train_y, b"\x00\x00\x08\x03"),
-               gz=False)
+  _tiny.write_idx_set(tmp_path, train_x, train_y, test_x, test_y, gz=False)
+  bad = _tiny.write_idx(tmp_path / "train-labels-idx1-ubyte",
+                        _tiny.idx_bytes(train_y, b"\x00\x00\x08\x03"), gz=False)
   with pytest.raises(ValueError, match=f"{bad}.*magic"):
     data.load_dataset({"name": "toy", "source": "idx", "data_dir": str(tmp_path)})
 
@@ -145,20 +127,20 @@ def test_idx_bad_magic(tmp_path):
 def test_idx_truncated(tmp_path, gz):
   rng = np.random.default_rng(2)
   train_x, train_y, test_x, test_y = _small_idx_arrays(rng)
-  _write_idx_set(tmp_path, train_x, train_y, test_x, test_y, gz=gz)
-  payload = _idx_bytes(test_x)[:-5]
-  path = _write(tmp_path / "t10k-images-idx3-ubyte", payload, gz=False)
+  _tiny.write_idx_set(tmp_path, train_x, train_y, test_x, test_y, gz=gz)
+  payload = _tiny.idx_bytes(test_x)[:-5]
+  path = _tiny.write_idx(tmp_path / "t10k-images-idx3-ubyte", payload, gz=False)
   if gz:  # a gzip stream cut short
     path = tmp_path / "t10k-images-idx3-ubyte.gz"
-    path.write_bytes(gzip.compress(_idx_bytes(test_x))[:-12])
+    path.write_bytes(gzip.compress(_tiny.idx_bytes(test_x))[:-12])
     (tmp_path / "t10k-images-idx3-ubyte").unlink()
   with pytest.raises(ValueError, match=f"{path}.*truncated"):
     data.load_dataset({"name": "toy", "source": "idx", "data_dir": str(tmp_path)})
 
 
 def test_idx_trailing_bytes(tmp_path):
-  path = _write(tmp_path / "x-idx1-ubyte", _idx_bytes(np.arange(4, dtype=np.uint8)) + b"\x00",
-                gz=False)
+  path = _tiny.write_idx(tmp_path / "x-idx1-ubyte",
+                         _tiny.idx_bytes(np.arange(4, dtype=np.uint8)) + b"\x00", gz=False)
   with pytest.raises(ValueError, match="trailing"):
     idx_lib.read_idx(path, ndim=1)
 
@@ -166,7 +148,7 @@ def test_idx_trailing_bytes(tmp_path):
 def test_idx_count_mismatch(tmp_path):
   rng = np.random.default_rng(3)
   train_x, train_y, test_x, test_y = _small_idx_arrays(rng)
-  _write_idx_set(tmp_path, train_x, train_y[:-1], test_x, test_y, gz=True)
+  _tiny.write_idx_set(tmp_path, train_x, train_y[:-1], test_x, test_y, gz=True)
   with pytest.raises(ValueError, match="12 images but .*train-labels-idx1-ubyte.gz has 11"):
     data.load_dataset({"name": "toy", "source": "idx", "data_dir": str(tmp_path)})
 
@@ -175,7 +157,7 @@ def test_idx_label_out_of_range(tmp_path):
   rng = np.random.default_rng(4)
   train_x, _, test_x, test_y = _small_idx_arrays(rng, num_train=20)
   train_y = np.arange(20, dtype=np.uint8) % 11  # mnist has 10 classes: label 10 is bad
-  _write_idx_set(tmp_path, train_x, train_y, test_x, test_y, gz=False)
+  _tiny.write_idx_set(tmp_path, train_x, train_y, test_x, test_y, gz=False)
   with pytest.raises(ValueError, match="train-labels-idx1-ubyte: label 10 out of range"):
     data.load_dataset({"name": "mnist", "source": "idx", "data_dir": str(tmp_path)})
 
@@ -183,9 +165,9 @@ def test_idx_label_out_of_range(tmp_path):
 def test_idx_empty_class_after_filtering(tmp_path):
   rng = np.random.default_rng(5)
   arrays = _small_idx_arrays(rng)
-  _write_idx_set(tmp_path, *arrays, gz=False)
+  _tiny.write_idx_set(tmp_path, *arrays, gz=False)
   train_y = np.zeros_like(arrays[1])  # only class 0 in train, classes 0..2 in test
-  _write(tmp_path / "train-labels-idx1-ubyte", _idx_bytes(train_y), gz=False)
+  _tiny.write_idx(tmp_path / "train-labels-idx1-ubyte", _tiny.idx_bytes(train_y), gz=False)
   with pytest.raises(ValueError, match=r"no images left for class\(es\) \['1'\]"):
     data.load_dataset({"name": "toy", "source": "idx", "data_dir": str(tmp_path),
                        "classes": [1, 0]})

@@ -1,66 +1,67 @@
-"""The min-max distillation step on tiny shapes."""
+"""The min-max distillation step on tiny shapes (tests/_tiny.py)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _tiny
 from ncfm_jax import config_lib
 from ncfm_jax import distill
 from ncfm_jax import execution
-from ncfm_jax import models
+from ncfm_jax import parameterize
 from ncfm_jax import train as train_lib
 from ncfm_jax.data import sampling
 
-CLASSES, IPC, SIZE = 3, 2, 16
-MEAN, STD = (0.5,), (0.25,)
+CLASSES, IPC, SIZE = _tiny.CLASSES, _tiny.IPC, _tiny.SIZE
+MEAN, STD = _tiny.MEAN, _tiny.STD
 
 
 def _config(**overrides):
-  config = config_lib.base_config().distill
-  config.ipc = IPC
-  config.factor = 2
-  config.batch_real = 8
-  config.num_freqs = 64
-  config.steps_per_call = 2
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+  # psi at the release's learning rate unless a test asks for more.
+  return _tiny.config(**{"psi_lr": config_lib.base_config().distill.psi_lr, **overrides})
 
 
 def _setup(**overrides):
   config = _config(**overrides)
-  model = models.get_model("convnet", CLASSES, width=8, depth=2, norm="instance",
-                           image_size=SIZE, channels=1)
-  example = jnp.zeros((1, SIZE, SIZE, 1))
-  members = [(train_lib.init_variables(jax.random.PRNGKey(2 * i), model, example),
-              train_lib.init_variables(jax.random.PRNGKey(2 * i + 1), model, example))
-             for i in range(2)]
-  pool = distill.stack_pool(members)
-  feats, _ = model.apply(members[0][0], example)
-  syn = jax.random.uniform(jax.random.PRNGKey(7), (CLASSES, IPC, SIZE, SIZE, 1))
-  state = distill.init_state(jax.random.PRNGKey(0), syn, feats.shape[-1], config)
-  rng = np.random.default_rng(0)
-  # Class c images are brighter with c, so the classes differ in distribution.
-  real = np.stack([rng.integers(40 * c, 120 + 40 * c, (20, SIZE, SIZE, 1))
-                   for c in range(CLASSES)]).astype(np.uint8)
-  data = sampling.make_class_indexed(real.reshape(-1, SIZE, SIZE, 1),
-                                     np.repeat(np.arange(CLASSES), 20), CLASSES)
-  step = distill.make_distill_step(model, config, MEAN, STD, feats.shape[-1])
-  return config, state, pool, data, step
+  tiny = _tiny.setup(config)
+  return config, tiny.state, tiny.pool, tiny.data, tiny.step
 
 
 def test_step_updates_images_in_range_and_jits_once():
-  config, state, pool, data, step = _setup()
+  config, start, pool, data, step = _setup()
   batch = sampling.sample_class_batches(jax.random.PRNGKey(1), data, config.batch_real)
   jitted = jax.jit(step.step)
+  state = start
   for _ in range(3):
-    new_state, metrics = jitted(state, pool, batch)
-    state = new_state
+    state, metrics = jitted(state, pool, batch)
   assert jitted._cache_size() == 1  # no recompilation across calls
   assert int(state.step) == 3
   assert float(state.syn_images.min()) >= 0.0 and float(state.syn_images.max()) <= 1.0
   assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) > 0
+  # Adam moves a pixel with a nonzero gradient by about lr per step: most moved.
+  moved = np.abs(np.asarray(state.syn_images) - np.asarray(start.syn_images)) > config.lr
+  assert np.mean(moved) > 0.5, np.mean(moved)
+
+
+def test_images_descend_the_match_loss_with_gaussian_frequencies():
+  # Without psi, the loss of some images at the randomness of steps 0..3 (member,
+  # blend, augmentation, frequencies) is a fixed objective: 6 steps on one real
+  # batch must lower its mean.
+  config, start, pool, data, step = _setup(sampler="gaussian", calibration_weight=0.0,
+                                           lr=1e-2)
+  batch = sampling.sample_class_batches(jax.random.PRNGKey(1), data, config.batch_real)
+  evaluate = jax.jit(step.evaluate)
+
+  def mean_match(images):
+    return np.mean([float(evaluate(start._replace(syn_images=images, step=jnp.int32(s)),
+                                   pool, batch).match) for s in range(4)])
+
+  state, jitted = start, jax.jit(step.step)
+  for _ in range(6):
+    state, _ = jitted(state, pool, batch)
+  before, after = mean_match(start.syn_images), mean_match(state.syn_images)
+  assert after < 0.9 * before, (before, after)
 
 
 def test_psi_ascends_and_images_descend_the_same_loss():
@@ -115,8 +116,7 @@ def test_chunked_forward_passes_match_one_batch(chunks):
 def test_mmd_is_dms_loss_on_raw_features_without_the_scale():
   # One member whose init and trained weights coincide: the blend is that network.
   config = _config(loss="mmd", augment="none", factor=1, calibration_weight=0.0)
-  model = models.get_model("convnet", CLASSES, width=8, depth=2, norm="instance",
-                           image_size=SIZE, channels=1)
+  model = _tiny.tiny_model()
   variables = train_lib.init_variables(jax.random.PRNGKey(4), model,
                                        jnp.zeros((1, SIZE, SIZE, 1)))
   pool = distill.stack_pool([(variables, variables)])
@@ -126,7 +126,7 @@ def test_mmd_is_dms_loss_on_raw_features_without_the_scale():
   real = jax.random.randint(jax.random.PRNGKey(8), (CLASSES, 8, SIZE, SIZE, 1), 0, 256
                             ).astype(jnp.uint8)
   step = distill.make_distill_step(model, config, MEAN, STD, feature_dim)
-  match, _ = jax.jit(step.evaluate)(state, pool, real)
+  match = jax.jit(step.evaluate)(state, pool, real).match
 
   def mean_features(images):
     x = (np.asarray(images, np.float32) - MEAN[0]) / STD[0]
@@ -202,3 +202,80 @@ def test_release_behaviours_run_and_differ_from_the_defaults(overrides):
     assert float(got_metrics["loss"]) == pytest.approx(float(want_metrics["loss"]), rel=1e-5)
     assert float(got_metrics["calibration"]) != pytest.approx(
         float(want_metrics["calibration"]), rel=1e-4)
+
+
+def _hand_calibration(model, variables, syn_images, factor, labels=None):
+  """sum_c mean_i CE(logits of decoded image i of class c, labels[c]) in float64,
+  without augmentation; labels: one per class (default: c)."""
+  classes, ipc = syn_images.shape[:2]
+  labels = np.arange(classes) if labels is None else np.asarray(labels)
+  decoded = parameterize.decode(syn_images.reshape((classes * ipc,) + syn_images.shape[2:]),
+                                factor)
+  x = (np.asarray(decoded) - MEAN[0]) / STD[0]
+  logits = np.asarray(model.apply(variables, x)[1], np.float64).reshape(classes, -1, CLASSES)
+  top = logits.max(-1, keepdims=True)
+  log_probs = logits - top - np.log(np.sum(np.exp(logits - top), -1, keepdims=True))
+  ce = -np.take_along_axis(log_probs, labels[:, None, None], axis=-1)[..., 0]
+  return float(np.sum(np.mean(ce, axis=1)))
+
+
+def test_calibration_is_the_trained_members_cross_entropy_on_class_labels():
+  config = _config(augment="none", calibration_weight=1.0)
+  tiny = _tiny.setup(config)
+  init, trained = tiny.members[0]
+  pool = distill.stack_pool([(init, trained)])  # one member: no draw of which
+  batch = sampling.sample_class_batches(jax.random.PRNGKey(1), tiny.data, config.batch_real)
+  calibration = float(jax.jit(tiny.step.evaluate)(tiny.state, pool, batch).calibration)
+  syn = tiny.state.syn_images
+  want = _hand_calibration(tiny.model, trained, syn, config.factor)
+  assert calibration == pytest.approx(want, rel=1e-4)
+  # Far from the other candidates: the init weights, a blend, other labels.
+  blend = jax.tree.map(lambda i, t: 0.5 * i + 0.5 * t, init, trained)
+  for variables, labels in ((init, None), (blend, None), (trained, [0] * CLASSES),
+                            (trained, np.arange(CLASSES)[::-1])):
+    other = _hand_calibration(tiny.model, variables, syn, config.factor, labels)
+    assert abs(other - want) > 1e-3 * want, (labels, other, want)
+
+
+def test_real_and_synthetic_images_of_a_class_share_one_augmentation_draw():
+  # The synthetic set is the real batch itself (factor 1, ipc = batch_real): with ONE
+  # augmentation draw per class for both sides the two feature sets coincide and the
+  # match loss sits at the NCFD's floor (300 * 4 classes * sqrt(1e-12) = 1.2e-3).
+  config = _config(factor=1, ipc=8, calibration_weight=0.0)
+  assert config.augment == "color_crop_cutout"
+  tiny = _tiny.setup(config)
+  evaluate = jax.jit(tiny.step.evaluate)
+  batch = sampling.sample_class_batches(jax.random.PRNGKey(1), tiny.data, config.batch_real)
+  state = distill.init_state(jax.random.PRNGKey(0), batch.astype(jnp.float32) / 255.0,
+                             tiny.feature_dim, config)
+  for s in range(4):  # four steps' draws
+    match = float(evaluate(state._replace(step=jnp.int32(s)), tiny.pool, batch).match)
+    assert match < 0.05, (s, match)
+  # Not vacuous: a 3-pixel shift of the synthetic images (what a crop draw does to
+  # one side only) is far above that.
+  shifted = state._replace(syn_images=jnp.roll(state.syn_images, 3, axis=3))
+  assert float(evaluate(shifted, tiny.pool, batch).match) > 1.0
+
+
+def test_blend_pairs_init_and_trained_weights_of_the_same_member():
+  # Members whose init and trained weights are equal: any blend of a member's own
+  # pair is that member, so the 2-member pool gives the loss of one of the two
+  # single-member pools (same step key: same b, augmentation and frequencies).
+  config = _config(calibration_weight=0.0)
+  tiny = _tiny.setup(config)
+  a, b = tiny.members[0][1], tiny.members[1][1]
+  batch = sampling.sample_class_batches(jax.random.PRNGKey(1), tiny.data, config.batch_real)
+  evaluate = jax.jit(tiny.step.evaluate)
+  pools = {name: distill.stack_pool(members) for name, members in (
+      ("a", [(a, a)]), ("b", [(b, b)]), ("paired", [(a, a), (b, b)]),
+      ("crossed", [(a, b), (b, a)]))}  # init and trained swapped across the members
+  for s in range(3):  # three draws of member and b
+    state = tiny.state._replace(step=jnp.int32(s))
+    match = {name: float(evaluate(state, pool, batch).match) for name, pool in pools.items()}
+    scale = match["a"]
+    assert abs(match["a"] - match["b"]) > 1e-4 * scale, match
+    assert min(abs(match["paired"] - match["a"]),
+               abs(match["paired"] - match["b"])) <= 1e-6 * scale, match
+    # A blend of a and b is neither (float32 noise of the loss: about 1e-7 * scale).
+    assert min(abs(match["crossed"] - match["a"]),
+               abs(match["crossed"] - match["b"])) > 1e-5 * scale, match

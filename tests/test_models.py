@@ -29,18 +29,25 @@ def _expected_convnet_params(channels, side, width, depth, num_classes, norm):
   return total + features * num_classes + num_classes
 
 
+# (image size, channels, depth, width) -> D worked out by hand: the side after the
+# first conv (28 px: pad 3, 28 + 6 - 2 = 32; else unchanged), halved per block
+# (rounding down), squared, times the width.
 @pytest.mark.parametrize(
-    "image_size, channels, depth, expected_dim",
-    [(32, 3, 3, 2048), (28, 1, 3, 2048), (64, 3, 4, 2048), (128, 3, 5, 2048),
-     (64, 3, 3, 8192)],
+    "image_size, channels, depth, width, expected_dim",
+    [(32, 3, 3, 128, 2048),  # 32 -> 16 -> 8 -> 4: 4 * 4 * 128
+     (28, 1, 3, 128, 2048),  # 32 -> 16 -> 8 -> 4: 4 * 4 * 128
+     (64, 3, 4, 128, 2048),  # 64 -> 32 -> 16 -> 8 -> 4: 4 * 4 * 128
+     (128, 3, 5, 128, 2048),  # 128 -> 64 -> 32 -> 16 -> 8 -> 4: 4 * 4 * 128
+     (64, 3, 3, 128, 8192),  # 64 -> 32 -> 16 -> 8: 8 * 8 * 128
+     (28, 1, 2, 8, 512),  # 32 -> 16 -> 8: 8 * 8 * 8
+     (16, 1, 2, 8, 128),  # 16 -> 8 -> 4: 4 * 4 * 8
+     (20, 3, 3, 16, 64),  # 20 -> 10 -> 5 -> 2: 2 * 2 * 16
+     (28, 1, 4, 32, 128)],  # 32 -> 16 -> 8 -> 4 -> 2: 2 * 2 * 32
 )
-def test_convnet_feature_dim(image_size, channels, depth, expected_dim):
-  model = models.get_model("convnet", 10, depth=depth, image_size=image_size,
+def test_convnet_feature_dim(image_size, channels, depth, width, expected_dim):
+  model = models.get_model("convnet", 10, depth=depth, width=width, image_size=image_size,
                            channels=channels)
   assert models.feature_dim(model, image_size, channels) == expected_dim
-  # D = width * (H_eff / 2^depth)^2 with H_eff = 32 for 28-pixel inputs.
-  side = 32 if image_size == 28 else image_size
-  assert expected_dim == 128 * (side // 2**depth) ** 2
 
 
 @pytest.mark.parametrize("norm", ["instance", "batch", "group", "none"])

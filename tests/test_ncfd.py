@@ -337,8 +337,14 @@ def test_properties_random_shapes(n, m, d, f, chunk, seed):
   syn = _unit_rows(rng, m, d, shift=rng.normal(size=d))
   t = (2 * rng.normal(size=(f, d))).astype(np.float32)
   value = float(ncfd(real, syn, t))
-  # |Phi| <= 1, so 0 <= sqrt(0.5 |Phi_x - Phi_y|^2) <= sqrt(2).
-  assert 0.0 < value <= np.sqrt(2) + 1e-6
+  # amplitude + phase = |Phi_x - Phi_y|^2, so with alpha = beta the integrand is
+  # sqrt(alpha) |Phi_x(t) - Phi_y(t)|. The union of the two sets has the ECF
+  # (n Phi_x + m Phi_y) / (n + m), on the segment from Phi_x to Phi_y at every t:
+  # the NCFD splits there in the ratio m : n (to the floor, 1e-6 per frequency).
+  union = np.concatenate([real, syn])
+  assert float(ncfd(real, union, t)) == pytest.approx(m / (n + m) * value, rel=1e-3, abs=1e-5)
+  assert float(ncfd(union, syn, t)) == pytest.approx(n / (n + m) * value, rel=1e-3, abs=1e-5)
+  assert float(ncfd(syn, real, t)) == pytest.approx(value, rel=1e-5)  # symmetric
   assert value == pytest.approx(_np_ncfd(real, syn, t), rel=1e-4, abs=1e-6)
   assert float(_NCFD(real, syn, t, freq_chunk=chunk)) == pytest.approx(value, rel=1e-5)
   # Translating both sets rotates both ECFs by the same phase: NCFD unchanged.
