@@ -315,12 +315,16 @@ def extrapolate(config, dataset: str, seconds: Mapping[str, Any]) -> dict[str, f
   Args:
     config: the cell's config (budget applied).
     dataset: its `DATASETS` key (class count, training-set size).
-    seconds: ``{"pretrain": s, "distill": s, "eval": {arch: s}}`` per step.
+    seconds: ``{"pretrain": s, "distill": s, "eval": {arch: s}}`` per step, and
+      optionally ``"compile"``: the same keys, seconds of a first call beyond
+      its steps (`measure`).
 
   Returns:
-    ``{"pool": s, "distill": s, "eval <arch>": s, ...}``: pool = members x
-    (``max_steps`` or epochs x train images // batch) x s; distill = steps x s;
-    eval = ``num_eval`` x `evaluation.eval_steps` x s per architecture.
+    ``{"pool": s, "distill": s, "eval <arch>": s, ..., "compile": s}``: pool =
+    members x (``max_steps`` or epochs x train images // batch) x s; distill =
+    steps x s; eval = ``num_eval`` x `evaluation.eval_steps` x s per
+    architecture; compile = one compilation per pool member, one for the
+    distillation, one per evaluation run (each trains with a freshly jitted step).
   """
   p = config.pretrain
   pool_steps = p.max_steps or p.epochs * max(1, train_images(config, dataset) // p.batch_size)
@@ -329,22 +333,32 @@ def extrapolate(config, dataset: str, seconds: Mapping[str, Any]) -> dict[str, f
          "distill": config.distill.steps * seconds["distill"]}
   for arch in config.eval.archs:
     out[f"eval {arch}"] = config.eval.num_eval * eval_steps * seconds["eval"][arch]
+  first = seconds.get("compile")
+  if first:
+    out["compile"] = (p.num_models * first["pretrain"] + first["distill"] + sum(
+        config.eval.num_eval * first["eval"][arch] for arch in config.eval.archs))
   return out
 
 
-def _seconds_per_step(run, state, steps: int) -> float:
-  """Times `run(state) -> (state, out)` (a call of `steps` steps) after one warm-up call."""
+def _seconds_per_step(run, state, steps: int) -> tuple[float, float]:
+  """(seconds per step, compilation seconds) of `run(state) -> (state, out)`, a call
+  of `steps` steps: a first call (compiles), then a timed one; the compilation is
+  what the first took beyond the second."""
   import jax  # pylint: disable=g-import-not-at-top
-  state, out = run(state)
-  jax.block_until_ready((state, out))
   start = time.perf_counter()
   state, out = run(state)
   jax.block_until_ready((state, out))
-  return (time.perf_counter() - start) / steps
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  state, out = run(state)
+  jax.block_until_ready((state, out))
+  second = time.perf_counter() - start
+  return second / steps, max(0.0, first - second)
 
 
-def _train_seconds(model, train_config, images, classes: int, mean, std, steps: int) -> float:
-  """Seconds per classifier-training step (`train.make_train_chunk`) on `images`."""
+def _train_seconds(model, train_config, images, classes: int, mean, std, steps: int
+                   ) -> tuple[float, float]:
+  """`_seconds_per_step` of classifier training (`train.make_train_chunk`) on `images`."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -372,10 +386,11 @@ def measure(config, dataset: str, steps: int) -> dict[str, Any]:
   batches from ``batch_real`` random uint8 images per class. Pool and evaluation
   training: `train.make_train_chunk` on a ``2 x batch`` random training set and
   on a random set of the distilled set's size ``[C * ipc * factor^2, H, W, Ch]``.
-  Each is one warm-up call of `steps` steps (compiles) and one timed call.
+  Each is one first call of `steps` steps (compiles) and one timed call.
 
   Returns:
-    ``{"pretrain": s, "distill": s, "eval": {arch: s}}``.
+    ``{"pretrain": s, "distill": s, "eval": {arch: s}}`` per step, and the
+    same under ``"compile"``: seconds of compilation (see `_seconds_per_step`).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -409,16 +424,18 @@ def measure(config, dataset: str, steps: int) -> dict[str, Any]:
   state = distill.init_state(jax.random.PRNGKey(0), syn, feature_dim, d)
   step = distill.make_distill_step(model, d, mean, std, feature_dim)
   run = execution.make_run_steps(step, d, steps).run
-  seconds = {"distill": _seconds_per_step(lambda s: run(s, pool, data), state, steps)}
+  timed = {"distill": _seconds_per_step(lambda s: run(s, pool, data), state, steps)}
 
   pool_set = jnp.asarray(rng.integers(0, 256, (2 * config.pretrain.batch_size,) + shape,
                                       dtype=np.uint8))
-  seconds["pretrain"] = _train_seconds(model, config.pretrain, pool_set, classes, mean, std,
-                                       steps)
+  timed["pretrain"] = _train_seconds(model, config.pretrain, pool_set, classes, mean, std,
+                                     steps)
   distilled = jnp.asarray(rng.random((classes * d.ipc * d.factor**2,) + shape, np.float32))
-  seconds["eval"] = {arch: _train_seconds(make(arch), config.eval, distilled, classes, mean,
-                                          std, steps) for arch in config.eval.archs}
-  return seconds
+  evals = {arch: _train_seconds(make(arch), config.eval, distilled, classes, mean, std, steps)
+           for arch in config.eval.archs}
+  pick = lambda i: {"distill": timed["distill"][i], "pretrain": timed["pretrain"][i],  # pylint: disable=unnecessary-lambda-assignment
+                    "eval": {arch: value[i] for arch, value in evals.items()}}
+  return {**pick(0), "compile": pick(1)}
 
 
 def _device() -> str:
@@ -485,6 +502,9 @@ def estimate_line(p: Plan, seconds: Mapping[str, Any], parts: Mapping[str, float
   items += [f"eval {arch} {c.eval.num_eval} x {eval_steps} steps x "
             f"{seconds['eval'][arch]:.3g} s = {_format_seconds(parts['eval ' + arch])}"
             for arch in c.eval.archs]
+  if "compile" in parts:
+    runs = c.pretrain.num_models + 1 + c.eval.num_eval * len(c.eval.archs)
+    items.append(f"compilation x {runs} = {_format_seconds(parts['compile'])}")
   return f"{p.cell.name}: " + "; ".join(items) + (
       f"; total {_format_seconds(sum(parts.values()))}")
 
@@ -648,8 +668,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if seconds:
       print(f"[reproduce] estimate on this device ({device}), extrapolated from "
             f"{args.estimate_steps} timed steps of each phase on random data of each "
-            f"cell's shapes (not counted: data loading, compilation, checkpoints, test "
-            f"accuracy):", flush=True)
+            f"cell's shapes (not counted: data loading, checkpoints, test accuracy):",
+            flush=True)
     for p in measured:
       if p.cell.name in seconds:
         parts = extrapolate(p.config, p.spec.dataset, seconds[p.cell.name])

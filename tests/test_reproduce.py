@@ -133,6 +133,11 @@ def test_extrapolation_by_hand():
   line = reproduce.estimate_line(p, SECONDS, parts)
   assert "pool 20 x 11700 steps x 0.01 s = 39m00s" in line
   assert "distill 20000 steps x 0.5 s = 2h46m" in line
+  # Compilation: once per pool member, once for distillation, once per evaluation run.
+  first = {"pretrain": 2.0, "distill": 30.0, "eval": dict.fromkeys(reproduce.CROSS_ARCHS, 1.0)}
+  compiled = reproduce.extrapolate(p.config, "cifar10", dict(SECONDS, compile=first))
+  assert compiled["compile"] == pytest.approx(20 * 2.0 + 30.0 + 10 * 4 * 1.0)
+  assert "compilation x 61 = 1m50s" in reproduce.estimate_line(p, SECONDS, compiled)
 
 
 # ------------------------------------------------------------------ the table and resume
@@ -250,9 +255,11 @@ def test_the_estimate_times_every_phase_of_the_cell():
   p = reproduce.plan(reproduce.CellSpec("fashion_mnist", 1, ("tiny",)), fraction=1,
                      num_eval=1, cross_arch=False, passthrough=[])
   seconds = reproduce.measure(p.config, "fashion_mnist", steps=1)
-  assert set(seconds) == {"pretrain", "distill", "eval"} and list(seconds["eval"]) == ["convnet"]
-  for value in (seconds["pretrain"], seconds["distill"], seconds["eval"]["convnet"]):
-    assert 0 < value < 60
+  assert set(seconds) == {"pretrain", "distill", "eval", "compile"}
+  for timed in (seconds, seconds["compile"]):
+    assert list(timed["eval"]) == ["convnet"]
+    for value in (timed["pretrain"], timed["distill"], timed["eval"]["convnet"]):
+      assert 0 < value < 120
   line = reproduce.estimate_line(p, seconds, reproduce.extrapolate(p.config, "fashion_mnist",
                                                                    seconds))
   # 2 members x 600 training images (3 classes x 200, the config's cap) // 64 a batch.
