@@ -23,10 +23,11 @@ LAYERS = [
     ["execution"],
     ["distill"],
     ["train"],
+    ["plan"],
     ["workdir", "checkpoints"],
     ["evaluation"],
     ["pipeline"],
-    ["main", "grid", "bench_step", "bench_norm"],
+    ["main", "grid", "bench_step", "bench_norm", "bench_memory"],
     ["bench_scaling"],
     ["__main__", "study", "reproduce", "bench"],
 ]
