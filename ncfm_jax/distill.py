@@ -169,16 +169,21 @@ class ClassBlocks(NamedTuple):
 
   Attributes:
     begin: `(state, pool) -> StepDraws`.
-    block_gradients: `(syn_images, real_batch, draws, block, block_size) ->
-      BlockGradients` of classes `block * block_size ...` (block traced, size static).
+    block_gradients: `(syn_images, real_block, draws, block, block_size) ->
+      BlockGradients` of classes `block * block_size ...` (block traced, size static)
+      from their real images `real_block` uint8 `[block_size, B, H, W, Ch]`.
     finish: `(state, summed BlockGradients) -> (state, metrics)`.
     step: `(state, pool, real_batch, block_size) -> (state, metrics)`, the blocks
-      in one `lax.scan` (GPU/TPU); a host loop of the three above suits XLA:CPU.
+      in one `lax.scan` (GPU/TPU); a host loop of the three above suits XLA:CPU
+      (`execution.make_host_block_step`).
+    zeros: `(syn_images, draws) -> BlockGradients` of zeros, `syn` `[C, ...]`: the
+      sum that a host loop adds the blocks' gradients to.
   """
   begin: Callable
   block_gradients: Callable
   finish: Callable
   step: Callable
+  zeros: Callable
 
 
 class DistillStep(NamedTuple):
@@ -418,14 +423,15 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
     return StepDraws(blended, trained, t, jax.random.split(keys.augment, num_classes),
                      monitor_frequencies(state.key, cfg, feature_dim))
 
-  def block_gradients(syn_images, real_batch, draws: StepDraws, block: jax.Array,
+  def block_gradients(syn_images, real_block, draws: StepDraws, block: jax.Array,
                       block_size: int):
     """Gradients of block `block` (classes block*K .. block*K + K - 1): w.r.t. its
     stored images `[K, ...]` and the frequencies `[F, D]`, with its match and
-    calibration. Only the block's activations are alive at once."""
+    calibration, from its real images `real_block` `[K, B, ...]`. Only the block's
+    activations are alive at once."""
     take = lambda x: jax.lax.dynamic_slice_in_dim(x, block * block_size, block_size)
     aug_keys = take(draws.aug_keys)
-    real = augment_per_class(aug_keys, normalize(take(real_batch), mean, std))
+    real = augment_per_class(aug_keys, normalize(real_block, mean, std))
     chunk = execution.resolve_real_chunk(cfg.get("real_chunk"), real.shape[1], block_size,
                                          real.shape[2] * real.shape[3])
     real_feats = jax.lax.stop_gradient(jnp.swapaxes(
@@ -458,7 +464,8 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
     draws = begin(state, pool)
 
     def body(carry, block):
-      grads = block_gradients(state.syn_images, real_batch, draws, block, block_size)
+      real_block = jax.lax.dynamic_slice_in_dim(real_batch, block * block_size, block_size)
+      grads = block_gradients(state.syn_images, real_block, draws, block, block_size)
       carry = jax.tree.map(jnp.add, carry, grads._replace(syn=jnp.zeros(())))
       return carry, grads.syn
 
@@ -468,5 +475,9 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
     syn_grads = syn_grads.reshape(state.syn_images.shape)
     return finish(state, summed._replace(syn=syn_grads))
 
+  def zeros(syn_images, draws: StepDraws) -> BlockGradients:
+    return BlockGradients(jnp.zeros_like(syn_images), jnp.zeros_like(draws.t), jnp.zeros(()),
+                          jnp.zeros(()))
+
   return DistillStep(distill_step, evaluate,
-                     ClassBlocks(begin, block_gradients, finish, blocked_step))
+                     ClassBlocks(begin, block_gradients, finish, blocked_step, zeros))

@@ -38,12 +38,13 @@ def resolve_use_scan(use_scan: bool | None) -> bool:
   return bool(use_scan)
 
 
-def _cpu_pass(per_class: int, num_classes: int, image_pixels: int, max_passes: int) -> int:
+def pass_size(per_class: int, num_classes: int, image_pixels: int, max_passes: int,
+              pass_pixels: int = CPU_PASS_PIXELS) -> int:
   """Largest divisor c of `per_class` whose pass (c images of every class) holds at
-  most CPU_PASS_PIXELS, else the smallest divisor; at most `max_passes` passes."""
+  most `pass_pixels`, else the smallest divisor; at most `max_passes` passes."""
   divisors = [c for c in range(1, per_class + 1)
               if per_class % c == 0 and per_class // c <= max_passes]
-  fits = [c for c in divisors if c * num_classes * image_pixels <= CPU_PASS_PIXELS]
+  fits = [c for c in divisors if c * num_classes * image_pixels <= pass_pixels]
   return max(fits) if fits else min(divisors)
 
 
@@ -59,7 +60,7 @@ def resolve_real_chunk(real_chunk: int | None, batch_real: int, num_classes: int
     return int(real_chunk)
   if jax.default_backend() != "cpu":
     return 0
-  return _cpu_pass(batch_real, num_classes, image_pixels, max_passes=batch_real)
+  return pass_size(batch_real, num_classes, image_pixels, max_passes=batch_real)
 
 
 def resolve_syn_chunk(syn_chunk: int | None, images_per_class: int, num_classes: int,
@@ -75,7 +76,7 @@ def resolve_syn_chunk(syn_chunk: int | None, images_per_class: int, num_classes:
     return int(syn_chunk)
   if jax.default_backend() != "cpu":
     return 0
-  return _cpu_pass(images_per_class, num_classes, image_pixels, max_passes)
+  return pass_size(images_per_class, num_classes, image_pixels, max_passes)
 
 
 class StepKeys(NamedTuple):
@@ -133,33 +134,52 @@ def class_block_size(distill_config, num_classes: int) -> int:
 
 class HostBlockStep(NamedTuple):
   """One step as a host loop over class blocks: every piece jitted on its own, so
-  only one block's activations exist at a time (what XLA:CPU runs fastest)."""
-  sample: Callable  # (state, ClassIndexedData) -> real batch [C, B, ...]
+  only one block's activations exist at a time (what XLA:CPU runs fastest).
+
+  Between the pieces the host holds the state, the pool, the source, the step's
+  draws and the running sum of the blocks' gradients (`syn` `[C, ...]`, the rest
+  summed); a block's real images are drawn inside its piece (the same images as
+  the step's whole batch: `sampling.sample_class_block`), so the `[C, B, ...]`
+  batch never exists when the training set sits on the device.
+  """
   begin: Callable  # (state, pool) -> StepDraws
-  block_gradients: Callable  # (syn_images, real_batch, draws, block) -> BlockGradients
+  zeros: Callable  # (syn_images, draws) -> summed BlockGradients of zeros
+  block_gradients: Callable  # (summed, syn_images, source_item, key, step, draws, block)
+  #                            -> summed + this block's gradients; donates summed
   finish: Callable  # (state, summed BlockGradients) -> (state, metrics); donates state
   step: Callable  # (state, pool, source_item) -> (state, metrics)
 
 
 def make_host_block_step(blocks, batch_real: int, block_size: int) -> HostBlockStep:
   """`blocks` (a `distill.ClassBlocks`) run block by block from the host."""
-  sample = jax.jit(lambda state, data: sampling.sample_class_batches(
-      step_keys(state.key, state.step).sample, data, batch_real))
+
+  def accumulate(summed, syn_images, source_item, base_key, step, draws, block):
+    start = block * block_size
+    if isinstance(source_item, sampling.ClassIndexedData):
+      real = sampling.sample_class_block(step_keys(base_key, step).sample, source_item,
+                                         batch_real, start, block_size)
+    else:
+      real = jax.lax.dynamic_slice_in_dim(source_item, start, block_size)
+    grads = blocks.block_gradients(syn_images, real, draws, block, block_size)
+    added = jax.tree.map(jnp.add, summed._replace(syn=None), grads._replace(syn=None))
+    return added._replace(syn=jax.lax.dynamic_update_slice_in_dim(
+        summed.syn, grads.syn.astype(summed.syn.dtype), start, 0))
+
   begin = jax.jit(blocks.begin)
-  block_gradients = jax.jit(functools.partial(blocks.block_gradients, block_size=block_size))
+  zeros = jax.jit(blocks.zeros)
+  block_gradients = jax.jit(accumulate, donate_argnums=(0,))
   finish = jax.jit(blocks.finish, donate_argnums=(0,))
 
   def step(state, pool, source_item):
-    real = (sample(state, source_item) if isinstance(source_item, sampling.ClassIndexedData)
-            else source_item)
     draws = begin(state, pool)
-    num_blocks = state.syn_images.shape[0] // block_size
-    parts = [block_gradients(state.syn_images, real, draws, jnp.int32(b))
-             for b in range(num_blocks)]
-    summed = jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *[p._replace(syn=0.0) for p in parts])
-    return finish(state, summed._replace(syn=jnp.concatenate([p.syn for p in parts])))
+    summed = zeros(state.syn_images, draws)
+    for b in range(state.syn_images.shape[0] // block_size):
+      summed = block_gradients(summed, state.syn_images, source_item, state.key, state.step,
+                               draws, jnp.int32(b))
+    del draws  # not alive during finish (the planner counts it so)
+    return finish(state, summed)
 
-  return HostBlockStep(sample, begin, block_gradients, finish, step)
+  return HostBlockStep(begin, zeros, block_gradients, finish, step)
 
 
 def make_run_steps(distill_step, distill_config, num_steps: int, *,

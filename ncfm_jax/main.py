@@ -1,6 +1,7 @@
 """Command line: `python -m ncfm_jax.main --config=configs/X.py[:arg] --workdir=DIR`.
 
-Any config field can be overridden, e.g. `--config.distill.ipc=50`. `--mode=all`
+Any config field can be overridden, e.g. `--config.distill.ipc=50`. `--mode=plan` writes
+the memory plan of one distillation step (DIR/plan.json) without loading data. `--mode=all`
 (default) runs the phases that have no result in the workdir yet; re-running a
 killed command resumes from the last checkpoint.
 """

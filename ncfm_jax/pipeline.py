@@ -23,6 +23,7 @@ from ncfm_jax import evaluation
 from ncfm_jax import execution
 from ncfm_jax import models
 from ncfm_jax import parameterize
+from ncfm_jax import plan as plan_lib
 from ncfm_jax import sharding
 from ncfm_jax import train as train_lib
 from ncfm_jax import workdir as wd
@@ -31,7 +32,7 @@ from ncfm_jax.config_lib import validate_config
 from ncfm_jax.errors import InputError
 from ncfm_jax.progress import Progress, format_seconds
 
-MODES = ("all", "pretrain", "distill", "evaluate")
+MODES = ("all", "pretrain", "distill", "evaluate", "plan")
 
 # Host-sampler stream of the initial synthetic set (far from the distillation
 # steps 0, 1, 2, ... that a streamed run uses).
@@ -142,8 +143,22 @@ class Run:
                          f"distill.batch_real={capped}")
     return d
 
+  def plan(self, d):
+    """`d` with the memory plan applied (`plan.Planner`), written to plan.json."""
+    counts = np.bincount(self.dataset.train_labels, minlength=self.num_classes)
+    spec = plan_lib.make_spec(self.config, num_classes=self.num_classes,
+                              image_shape=self.image_shape,
+                              train_images=int(self.dataset.train_images.shape[0]),
+                              largest_class=int(counts.max()), mean=self.mean, std=self.std)
+    # Several devices (or processes) must run one program: no timing, which could
+    # choose differently in each process.
+    choice = plan_lib.choose(spec, d, timed=self.mesh is None)
+    print(choice.summary(), flush=True)
+    wd.write_json(self.path("plan.json"), choice.to_json())
+    return choice.plan.apply(d, self.num_classes)
+
   def distill(self) -> dict:
-    d = self.distill_config()
+    d = self.plan(self.distill_config())
     pool = self.load_pool()
     init_images = self.initial_synthetic()
     if not os.path.exists(self.path("init.npz")):
@@ -162,8 +177,7 @@ class Run:
 
   def _distill_steps(self, d, state, pool, history, store, feature_dim):
     """Runs the remaining steps, checkpointing state and history together."""
-    step_fn = distill_lib.make_distill_step(self.model, d, self.mean, self.std,
-                                            feature_dim).step
+    step_fn = distill_lib.make_distill_step(self.model, d, self.mean, self.std, feature_dim)
     source_for = execution.real_batch_source(
         self.dataset.train_images, self.dataset.train_labels, self.num_classes,
         batch_real=d.batch_real, seed=self.config.seed,
@@ -212,6 +226,8 @@ def run(config, workdir: str, mode: str = "all") -> dict:
   validate_config(config, model_names=models.MODEL_NAMES,
                   eval_sources=tuple(evaluation.EVAL_SOURCES))
   known = wd.check_config(workdir, config)
+  if mode == "plan":
+    return plan_step(config, workdir)
   r = Run(config, workdir)  # loads the data: bad data fails before anything is written
   evaluation.check_settings(r, evaluation.sources_for_mode(config, mode))
   if not known:
@@ -234,6 +250,32 @@ def run(config, workdir: str, mode: str = "all") -> dict:
   metrics = wd.read_json(r.path("metrics.json"), {})
   print_summary(metrics)
   return metrics
+
+
+def plan_step(config, workdir: str) -> dict:
+  """`--mode=plan`: plans one distillation step of `config` from the dataset
+  registry's shapes (nothing loaded) and writes `workdir/plan.json`; returns it."""
+  shape = data_lib.dataset_shape(config.data)
+  d = plan_lib.capped_distill_config(config.distill, shape.smallest_class)
+  if d.batch_real < config.distill.batch_real:
+    print(f"[plan] distill.batch_real={config.distill.batch_real} capped at "
+          f"{d.batch_real}, the smallest class's training images", flush=True)
+  spec = plan_lib.make_spec(config, num_classes=shape.num_classes,
+                            image_shape=shape.image_shape, train_images=shape.train_images,
+                            largest_class=shape.largest_class,
+                            mean=data_lib.DATASETS[shape.name].mean
+                            if shape.name in data_lib.DATASETS else None,
+                            std=data_lib.DATASETS[shape.name].std
+                            if shape.name in data_lib.DATASETS else None)
+  print(f"[plan] {shape.name}: {shape.num_classes} classes of {shape.image_shape}, "
+        f"{shape.train_images} training images ({shape.source}); training set "
+        f"{'on the device' if spec.data_on_device else 'streamed from the host'}", flush=True)
+  choice = plan_lib.choose(spec, d)
+  print(choice.summary(), flush=True)
+  result = dict(choice.to_json(), dataset=shape._asdict())
+  os.makedirs(workdir, exist_ok=True)
+  wd.write_json(os.path.join(workdir, "plan.json"), result)
+  return result
 
 
 def print_summary(metrics: dict) -> None:

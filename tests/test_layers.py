@@ -23,6 +23,7 @@ LAYERS = [
     ["execution"],
     ["distill"],
     ["train"],
+    ["plan"],
     ["workdir", "checkpoints"],
     ["evaluation"],
     ["pipeline"],

@@ -195,3 +195,15 @@ def test_fits_on_device():
   assert data.fits_on_device(50000 * 32 * 32 * 3)  # CIFAR-10 under the 2 GiB default
   with pytest.raises(ValueError):
     data.fits_on_device(-1)
+
+
+@pytest.mark.parametrize("start, size", [(0, 4), (1, 2), (3, 1)])
+def test_a_class_block_is_the_same_slice_of_the_steps_batch(start, size):
+  # The host block loop draws one block at a time; its images must be the step's.
+  images, labels = _indexed_images()
+  indexed = data.make_class_indexed(images, labels, len(_COUNTS))
+  key = jax.random.PRNGKey(5)
+  whole = sampling.sample_class_batches(key, indexed, _BATCH)
+  block = jax.jit(sampling.sample_class_block, static_argnums=(2, 4))(
+      key, indexed, _BATCH, jnp.int32(start), size)
+  np.testing.assert_array_equal(block, whole[start:start + size])

@@ -9,7 +9,9 @@ from ncfm_jax.data.sampling import make_class_indexed
 from ncfm_jax.data.sampling import sample_class_batches
 from ncfm_jax.data.sources import DATASETS
 from ncfm_jax.data.sources import Dataset
+from ncfm_jax.data.sources import DatasetShape
 from ncfm_jax.data.sources import DatasetSpec
+from ncfm_jax.data.sources import dataset_shape
 from ncfm_jax.data.sources import imagenet_subset_wnids
 from ncfm_jax.data.sources import load_dataset
 from ncfm_jax.data.tinyimagenet_prepare import arrange_tinyimagenet

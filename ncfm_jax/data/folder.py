@@ -65,6 +65,13 @@ def _class_files(class_dir: Path) -> list[Path]:
   return files
 
 
+def class_counts(split_dir: Path) -> list[int]:
+  """Image files per class directory of a split (sorted class names), nothing decoded."""
+  return [sum(1 for p in (split_dir / name).rglob("*")
+              if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+          for name in _class_dirs(split_dir)]
+
+
 def list_split(split_dir: Path, class_names: Sequence[str]
                ) -> tuple[list[Path], np.ndarray]:
   """All image files of a split, class-major, and their labels int32 [N]."""

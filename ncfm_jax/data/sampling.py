@@ -151,11 +151,32 @@ def sample_class_batches(key: jax.Array, data: ClassIndexedData,
     ``effective_batch_real``), else its permutation repeated cyclically.
   """
   chex.assert_rank([data.images, data.class_index, data.class_counts], [4, 2, 1])
+  return sample_class_block(key, data, batch_per_class, 0, data.class_index.shape[0])
+
+
+def sample_class_block(key: jax.Array, data: ClassIndexedData, batch_per_class: int,
+                       start: jax.Array | int, size: int) -> jax.Array:
+  """Classes ``start .. start + size - 1`` of ``sample_class_batches(key, data, B)``.
+
+  Class c draws with the c-th of ``jax.random.split(key, C)`` whichever block it is
+  drawn in, so blocks of a step's batch are exactly its slices (a step over class
+  blocks samples one block at a time and never holds the whole ``[C, B, ...]``).
+
+  Args:
+    key: PRNG key (the step's).
+    data: ``ClassIndexedData`` of C classes.
+    batch_per_class: B (static).
+    start: first class (may be traced); ``size``: classes in the block (static).
+
+  Returns:
+    uint8 [size, B, H, W, C'].
+  """
   num_classes, max_count = data.class_index.shape
+  take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, size)
   positions = jax.vmap(functools.partial(
       _class_positions, max_count=max_count, batch_per_class=batch_per_class))(
-          jax.random.split(key, num_classes), data.class_counts)
-  indices = jnp.take_along_axis(data.class_index, positions, axis=1)  # [C, B]
+          take(jax.random.split(key, num_classes)), take(data.class_counts))
+  indices = jnp.take_along_axis(take(data.class_index), positions, axis=1)  # [size, B]
   return data.images[indices]
 
 

@@ -94,6 +94,11 @@ class DatasetSpec(NamedTuple):
     subset: name of a WordNet id list in ``imagenet_subsets/`` (label order).
     class_names: names for the IDX source (tfds and folders name their classes).
     channels: 1 or 3.
+    num_classes: class count (None: the subset list's length, or unknown).
+    train_images: training images in all (the plan's device-held training set).
+    train_per_class: (smallest, largest) training images of a class; the smallest
+      caps ``distill.batch_real``. Where only a bound is known it is an upper one,
+      so a memory plan made from it errs on the large side.
   """
   image_size: int
   mean: tuple[float, ...]
@@ -104,25 +109,44 @@ class DatasetSpec(NamedTuple):
   subset: str | None = None
   class_names: tuple[str, ...] | None = None
   channels: int = 3
+  num_classes: int | None = None
+  train_images: int | None = None
+  train_per_class: tuple[int, int] | None = None
 
 
-def _imagenet_subset(subset: str, tfds_name: str = "imagenet2012") -> DatasetSpec:
+# ImageNet-1k classes hold 732 to 1300 training images: 1300 bounds both from above.
+_IMAGENET_CLASS_BOUND = (1300, 1300)
+
+
+def _imagenet_subset(subset: str, tfds_name: str = "imagenet2012",
+                     train_images: int | None = None,
+                     train_per_class: tuple[int, int] = _IMAGENET_CLASS_BOUND) -> DatasetSpec:
   return DatasetSpec(128, IMAGENET_MEAN, IMAGENET_STD, tfds_name=tfds_name,
-                     tfds_test_split="validation", subset=subset)
+                     tfds_test_split="validation", subset=subset,
+                     train_images=train_images, train_per_class=train_per_class)
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "cifar10": DatasetSpec(32, _CIFAR_MEAN, _CIFAR_STD, tfds_name="cifar10"),
-    "cifar100": DatasetSpec(32, _CIFAR_MEAN, _CIFAR_STD, tfds_name="cifar100"),
+    "cifar10": DatasetSpec(32, _CIFAR_MEAN, _CIFAR_STD, tfds_name="cifar10",
+                           num_classes=10, train_images=50000, train_per_class=(5000, 5000)),
+    "cifar100": DatasetSpec(32, _CIFAR_MEAN, _CIFAR_STD, tfds_name="cifar100",
+                            num_classes=100, train_images=50000, train_per_class=(500, 500)),
     "fashion_mnist": DatasetSpec(28, (0.2861,), (0.3530,), tfds_name="fashion_mnist",
-                                 class_names=FASHION_MNIST_CLASSES, channels=1),
+                                 class_names=FASHION_MNIST_CLASSES, channels=1,
+                                 num_classes=10, train_images=60000,
+                                 train_per_class=(6000, 6000)),
     "mnist": DatasetSpec(28, (0.1307,), (0.3081,), tfds_name="mnist",
-                         class_names=MNIST_CLASSES, channels=1),
-    "svhn": DatasetSpec(32, _SVHN_MEAN, _SVHN_STD, tfds_name="svhn_cropped"),
-    "tinyimagenet": DatasetSpec(64, IMAGENET_MEAN, IMAGENET_STD, default_source="folder"),
-    # tfds' own Imagenette build (fast.ai archive); the in1k variant picks the same
-    # ten classes out of imagenet2012.
-    "imagenette": _imagenet_subset("imagenette", tfds_name="imagenette/full-size-v2"),
+                         class_names=MNIST_CLASSES, channels=1, num_classes=10,
+                         train_images=60000, train_per_class=(5421, 6742)),
+    "svhn": DatasetSpec(32, _SVHN_MEAN, _SVHN_STD, tfds_name="svhn_cropped",
+                        num_classes=10, train_images=73257, train_per_class=(4659, 13861)),
+    "tinyimagenet": DatasetSpec(64, IMAGENET_MEAN, IMAGENET_STD, default_source="folder",
+                                num_classes=200, train_images=100000,
+                                train_per_class=(500, 500)),
+    # tfds' own Imagenette build (fast.ai archive: its chain saw class is the smallest);
+    # the in1k variant picks the same ten classes out of imagenet2012.
+    "imagenette": _imagenet_subset("imagenette", tfds_name="imagenette/full-size-v2",
+                                   train_images=9469, train_per_class=(858, 993)),
     "imagenette_in1k": _imagenet_subset("imagenette"),
     "imagewoof": _imagenet_subset("imagewoof"),
     "imagefruit": _imagenet_subset("imagefruit"),
@@ -271,6 +295,67 @@ def _load_tfds(opts: _Options, spec: DatasetSpec | None):
       num_workers=opts.num_workers,
       wnids=imagenet_subset_wnids(spec.subset) if spec and spec.subset else None,
       download=opts.download)
+
+
+class DatasetShape(NamedTuple):
+  """What a distillation step's shapes need from a dataset, known without loading it.
+
+  Attributes:
+    name: canonical dataset name.
+    num_classes: C after ``data.classes``.
+    image_shape: ``(S, S, channels)`` at ``data.image_size``.
+    train_images: training images kept (after ``classes`` and ``max_train_per_class``;
+      an upper bound where the registry gives one).
+    smallest_class, largest_class: training images of the smallest and largest class
+      kept (``smallest_class`` caps ``distill.batch_real``).
+    source: where the figures come from: ``"registry"`` or the listed folder's path.
+  """
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  train_images: int
+  smallest_class: int
+  largest_class: int
+  source: str
+
+
+def dataset_shape(data_config: Mapping[str, Any]) -> DatasetShape:
+  """The class count, image shape and training-set sizes of ``data_config``'s dataset,
+  without reading an image: from ``DATASETS``, or for another image folder from a
+  listing of its class directories (image sizes then need ``data.image_size``).
+
+  Raises:
+    InputError: a dataset the registry does not describe and no folder lists.
+  """
+  opts = _options(data_config)
+  spec = DATASETS.get(opts.name)
+  image_size = opts.image_size or (spec.image_size if spec is not None else None)
+  channels = opts.channels or (spec.channels if spec is not None else 3)
+  cap = opts.selection.max_train_per_class
+  if spec is not None and spec.train_per_class is not None:
+    num_classes = spec.num_classes or len(imagenet_subset_wnids(spec.subset))
+    kept = selection_lib.resolve_classes(opts.selection.classes, num_classes, opts.name)
+    smallest, largest = spec.train_per_class
+    if opts.selection.classes is not None:
+      smallest = largest  # which class is smallest is not known: bound it from above
+    smallest, largest = min(smallest, cap or smallest), min(largest, cap or largest)
+    full = spec.train_images if opts.selection.classes is None and cap is None else None
+    train_images = full or len(kept) * largest
+    where = "registry"
+  else:
+    root = folder_lib.find_root(_folder_roots(opts))
+    if root is None or _resolve_source(opts, spec) != "folder":
+      raise InputError(f"{opts.name}: the dataset registry does not describe it and no "
+                       f"image folder was found in {_folder_roots(opts) or 'data.data_dir'}")
+    if image_size is None:
+      raise InputError(f"{opts.name}: set data.image_size to plan without decoding images")
+    counts = folder_lib.class_counts(root / folder_lib.TRAIN_SPLIT)
+    kept = selection_lib.resolve_classes(opts.selection.classes, len(counts), opts.name)
+    kept_counts = [min(counts[c], cap or counts[c]) for c in kept]
+    smallest, largest, train_images = min(kept_counts), max(kept_counts), sum(kept_counts)
+    where = str(root)
+  return DatasetShape(opts.name, len(kept), (image_size, image_size, channels),
+                      int(train_images), int(smallest), int(largest), where)
 
 
 _LOADERS = {"idx": _load_idx, "folder": _load_folder, "tfds": _load_tfds}

@@ -1,0 +1,189 @@
+"""The memory planner on tiny shapes: budgets honoured, the planned step equals the
+unbounded one, explicit settings kept, the cache, and --mode=plan without data."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ncfm_jax import config_lib
+from ncfm_jax import distill
+from ncfm_jax import execution
+from ncfm_jax import pipeline
+from ncfm_jax import plan as plan_lib
+from ncfm_jax import train as train_lib
+from ncfm_jax.data import sampling
+from ncfm_jax.data import sources
+from ncfm_jax.errors import InputError
+
+CLASSES, SIZE, PER_CLASS = 4, 16, 20
+
+
+def _config(**distill_overrides):
+  config = config_lib.base_config()
+  config.model.width, config.model.depth = 8, 2
+  config.pretrain.num_models = 2
+  d = config.distill
+  d.ipc, d.factor, d.batch_real, d.num_freqs, d.steps_per_call = 2, 2, 8, 64, 1
+  d.augment = "none"  # a smaller program to compile (blocks with DSA: test_distill)
+  for key, value in distill_overrides.items():
+    d[key] = value
+  return config
+
+
+def _spec(config):
+  return plan_lib.make_spec(config, num_classes=CLASSES, image_shape=(SIZE, SIZE, 1),
+                            train_images=CLASSES * PER_CLASS, largest_class=PER_CLASS,
+                            mean=(0.5,), std=(0.25,))
+
+
+@pytest.fixture(scope="module")
+def planner(tmp_path_factory):
+  config = _config()
+  cache = str(tmp_path_factory.mktemp("cache") / "plans.json")
+  return plan_lib.Planner(_spec(config), config.distill, cache_path=cache, log=None)
+
+
+def test_the_ladder_halves_through_divisors(planner):
+  assert planner.ladder() == [4, 2, 1]
+  assert plan_lib.block_ladder(100) == [100, 50, 25, 10, 5, 2, 1]
+  assert plan_lib.block_ladder(200) == [200, 100, 50, 25, 10, 5, 2, 1]
+  assert plan_lib.block_ladder(7) == [7, 1]
+
+
+def test_a_small_budget_is_honoured_and_its_step_equals_the_unbounded_step(planner):
+  unbounded = planner.evaluate(planner.unbounded()).planned_bytes
+  budget = int(0.6 * unbounded)
+  choice = planner.choose(budget, timed=False)
+  assert choice.footprint.planned_bytes <= budget
+  assert choice.plan.class_block < CLASSES  # only blocks fit
+  assert choice.to_json()["planned_gb"] <= budget / plan_lib.GB
+  assert set(choice.to_json()["xla"]) == {"temp_bytes", "argument_bytes", "output_bytes",
+                                          "alias_bytes"}
+
+  # One step of the chosen plan == one unbounded step (float32 summation order only).
+  spec, d = planner.spec, planner.config
+  example = jnp.zeros((1, SIZE, SIZE, 1))
+  pool = distill.stack_pool([(train_lib.init_variables(jax.random.PRNGKey(2 * i), spec.model,
+                                                       example),
+                              train_lib.init_variables(jax.random.PRNGKey(2 * i + 1),
+                                                       spec.model, example))
+                             for i in range(spec.pool_size)])
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (CLASSES * PER_CLASS, SIZE, SIZE, 1), dtype=np.uint8)
+  data = sampling.make_class_indexed(images, np.repeat(np.arange(CLASSES), PER_CLASS), CLASSES)
+  syn = jax.random.uniform(jax.random.PRNGKey(7), (CLASSES, d.ipc, SIZE, SIZE, 1))
+
+  def one_step(plan):
+    config = plan.apply(d, CLASSES)
+    step = distill.make_distill_step(spec.model, config, spec.mean, spec.std,
+                                     spec.feature_dim)
+    state = distill.init_state(jax.random.PRNGKey(0), jnp.array(syn), spec.feature_dim,
+                               config)  # a copy: the step donates the state
+    return execution.make_run_steps(step, config, 1).run(state, pool, data)
+
+  want, want_metrics = one_step(planner.unbounded())
+  got, got_metrics = one_step(choice.plan)
+  np.testing.assert_allclose(got_metrics["loss"], want_metrics["loss"], rtol=1e-5)
+  np.testing.assert_allclose(got.syn_images, want.syn_images, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(got.psi_params), jax.tree.leaves(want.psi_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_budget_no_plan_fits_is_one_input_error_naming_the_smallest_need(planner):
+  with pytest.raises(InputError, match=r"fits no plan .* the smallest \(blocks of 1/4 "
+                                       r"classes .*\) needs [0-9.e-]+ GB") as err:
+    planner.choose(1000)
+  assert "\n" not in str(err.value)
+
+
+def test_the_fastest_fitting_candidate_wins_and_a_second_planner_reads_the_cache(
+    planner, monkeypatch):
+  budget = planner.evaluate(planner.unbounded()).planned_bytes * 10
+  fast = planner.candidates(budget)[0]
+  slow_first = planner.policies()[0](1)
+  monkeypatch.setattr(planner, "candidates", lambda b: [fast, slow_first])
+  times = {fast: 2.0, slow_first: 1.0}
+  monkeypatch.setattr(planner, "seconds_per_step", times.get)
+  assert planner.choose(budget).plan == slow_first  # measured, not assumed
+  assert planner.choose(budget, timed=False).plan == fast  # untimed: the first tried
+
+  lines = []
+  again = plan_lib.Planner(planner.spec, planner.config, cache_path=planner.cache.path,
+                           log=lines.append)
+  assert again.evaluate(fast) == planner.evaluate(fast)._replace(compile_seconds=0.0)
+  assert not lines  # nothing compiled
+
+
+def test_a_host_plan_is_timed_once_and_the_time_cached(planner):
+  plan = planner.policies()[0](2)
+  seconds = planner.seconds_per_step(plan)
+  assert 0 < seconds < 60
+  again = plan_lib.Planner(planner.spec, planner.config, cache_path=planner.cache.path,
+                           log=None)
+  assert again.seconds_per_step(plan) == seconds
+
+
+def test_explicit_settings_are_kept():
+  config = _config(class_block=2, real_chunk=4, syn_chunk=2, remat_syn=True, freq_chunk=32)
+  planner = plan_lib.Planner(_spec(config), config.distill, cache_path="", log=None)
+  assert planner.ladder() == [2]
+  for policy in planner.policies():
+    plan = policy(2)
+    assert (plan.class_block, plan.real_chunk, plan.syn_chunk, plan.remat_syn,
+            plan.freq_chunk) == (2, 4, 2, True, 32)
+
+
+def test_mode_plan_writes_plan_json_from_the_registry_without_loading_data(
+    tmp_path, monkeypatch):
+  config = _fashion_tiny()
+  config.distill.batch_real = 1024  # capped at the 200 images of a class
+  config.distill.memory_budget_gb = 0.5
+  monkeypatch.setattr(pipeline.data_lib, "load_dataset", _no_data)
+  monkeypatch.setenv("NCFM_PLAN_CACHE", "")
+  result = pipeline.run(config, str(tmp_path), mode="plan")
+  written = json.loads((tmp_path / "plan.json").read_text())
+  assert written == json.loads(json.dumps(result))
+  assert written["budget_gb"] == 0.5 and written["planned_gb"] <= 0.5
+  assert written["batch_real"] == 200 and written["backend"] == jax.default_backend()
+  assert set(written["plan"]) == {"class_block", "block_loop", "real_chunk", "syn_chunk",
+                                  "remat_syn", "freq_chunk"}
+  assert written["xla"]["argument_bytes"] > 3 * 200 * 28 * 28  # the training set on device
+
+
+def _fashion_tiny():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "fashion_mnist_config", pipeline.__file__.rsplit("/ncfm_jax/", 1)[0]
+      + "/configs/fashion_mnist.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("tiny")
+
+
+def _no_data(*args, **kwargs):
+  raise AssertionError("--mode=plan loaded the dataset")
+
+
+def test_the_registry_and_a_folder_listing_give_the_shapes(tmp_path):
+  shape = sources.dataset_shape({"name": "cifar100"})
+  assert (shape.num_classes, shape.image_shape, shape.smallest_class, shape.train_images) == (
+      100, (32, 32, 3), 500, 50000)
+  tiny = sources.dataset_shape({"name": "tiny_imagenet", "image_size": 64,
+                                "classes": [0, 5], "max_train_per_class": 100})
+  assert (tiny.num_classes, tiny.image_shape, tiny.train_images, tiny.smallest_class) == (
+      2, (64, 64, 3), 200, 100)
+  assert sources.dataset_shape({"name": "imagewoof"}).num_classes == 10
+  for split, counts in (("train", (3, 5)), ("test", (1, 1))):
+    for name, count in zip(("ant", "bee"), counts):
+      (tmp_path / split / name).mkdir(parents=True)
+      for i in range(count):
+        (tmp_path / split / name / f"{i}.png").write_bytes(b"not decoded")
+  folder = sources.dataset_shape({"name": "bugs", "data_dir": str(tmp_path),
+                                  "image_size": 24})
+  assert (folder.num_classes, folder.image_shape, folder.train_images,
+          folder.smallest_class, folder.largest_class) == (2, (24, 24, 3), 8, 3, 5)
+  with pytest.raises(InputError, match="registry does not describe"):
+    sources.dataset_shape({"name": "bugs"})
