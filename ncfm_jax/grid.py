@@ -81,14 +81,14 @@ def run_cli(workdir: str, config: str, flags: Sequence[str], env: dict[str, str]
                        f"{reason} -- log: {log_path}")
 
 
-def _read_json(path: str, default: Any) -> Any:
+def read_json(path: str, default: Any) -> Any:
   if not os.path.exists(path):
     return default
   with open(path) as f:
     return json.load(f)
 
 
-def _write_json(path: str, value: Any) -> None:
+def write_json(path: str, value: Any) -> None:
   """Writes through a temporary file: a kill mid-write leaves the old file whole."""
   with open(path + ".tmp", "w") as f:
     json.dump(value, f, indent=1)
@@ -103,7 +103,7 @@ def _record(cell: Cell) -> dict[str, Any]:
 
 def finished(cell: Cell, out: str) -> bool:
   """Whether ``out/<name>`` records a finished run of exactly this cell."""
-  return _read_json(os.path.join(out, cell.name, _RECORD), None) == _record(cell)
+  return read_json(os.path.join(out, cell.name, _RECORD), None) == _record(cell)
 
 
 def run_cell(cell: Cell, out: str, env: dict[str, str]) -> dict[str, Any]:
@@ -122,8 +122,8 @@ def run_cell(cell: Cell, out: str, env: dict[str, str]) -> dict[str, Any]:
     os.makedirs(workdir, exist_ok=True)
     run_cli(workdir, record["config"], record["flags"], env,
             os.path.join(workdir, "log.txt"), cell.mode)
-    _write_json(os.path.join(workdir, _RECORD), record)
-  return _read_json(os.path.join(workdir, "metrics.json"), {})
+    write_json(os.path.join(workdir, _RECORD), record)
+  return read_json(os.path.join(workdir, "metrics.json"), {})
 
 
 def run_grid(cells: Sequence[Cell], out: str, *, parallel: int = 1,
@@ -151,13 +151,13 @@ def run_grid(cells: Sequence[Cell], out: str, *, parallel: int = 1,
     raise ValueError(f"parallel must be >= 1, got {parallel}")
   os.makedirs(out, exist_ok=True)
   results_path = os.path.join(out, RESULTS)
-  results = _read_json(results_path, {})
+  results = read_json(results_path, {})
   env = child_env(parallel)
   lock = threading.Lock()
   start = time.time()
 
   def publish() -> None:
-    _write_json(results_path, results)
+    write_json(results_path, results)
     for name, text in (tables(results) if tables else {}).items():
       with open(os.path.join(out, name), "w") as f:
         f.write(text)

@@ -47,6 +47,7 @@ from ncfm_jax import config_lib
 from ncfm_jax import evaluation
 from ncfm_jax import grid
 from ncfm_jax.errors import InputError
+from ncfm_jax.progress import format_seconds
 
 TABLE = "table.md"
 _SIDECAR = "reproduce.json"  # in a cell's workdir: its budget, device, wall time, estimate
@@ -481,50 +482,27 @@ def run_measurement(argv: Sequence[str], names: Sequence[str], steps: int
   return device, seconds, failure
 
 
-def _format_seconds(seconds: float) -> str:
-  seconds = int(round(seconds))
-  hours, rest = divmod(seconds, 3600)
-  minutes, secs = divmod(rest, 60)
-  if hours:
-    return f"{hours}h{minutes:02d}m"
-  return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
 def estimate_line(p: Plan, seconds: Mapping[str, Any], parts: Mapping[str, float]) -> str:
   """``cifar10_ipc10: pool 20 x 11700 steps x 0.012 s = 46m48s; ...; total ...``."""
   c = p.config
   pool_steps = parts["pool"] / max(c.pretrain.num_models * seconds["pretrain"], 1e-12)
   eval_steps = evaluation.eval_steps(c, num_classes(c, p.spec.dataset))
   items = [f"pool {c.pretrain.num_models} x {pool_steps:.0f} steps x "
-           f"{seconds['pretrain']:.3g} s = {_format_seconds(parts['pool'])}",
+           f"{seconds['pretrain']:.3g} s = {format_seconds(parts['pool'])}",
            f"distill {c.distill.steps} steps x {seconds['distill']:.3g} s = "
-           f"{_format_seconds(parts['distill'])}"]
+           f"{format_seconds(parts['distill'])}"]
   items += [f"eval {arch} {c.eval.num_eval} x {eval_steps} steps x "
-            f"{seconds['eval'][arch]:.3g} s = {_format_seconds(parts['eval ' + arch])}"
+            f"{seconds['eval'][arch]:.3g} s = {format_seconds(parts['eval ' + arch])}"
             for arch in c.eval.archs]
   if "compile" in parts:
     runs = c.pretrain.num_models + 1 + c.eval.num_eval * len(c.eval.archs)
-    items.append(f"compilation x {runs} = {_format_seconds(parts['compile'])}")
+    items.append(f"compilation x {runs} = {format_seconds(parts['compile'])}")
   return f"{p.cell.name}: " + "; ".join(items) + (
-      f"; total {_format_seconds(sum(parts.values()))}")
+      f"; total {format_seconds(sum(parts.values()))}")
 
 
 # --------------------------------------------------------------------------
 # The table.
-
-
-def _read_json(path: str, default: Any) -> Any:
-  if not os.path.exists(path):
-    return default
-  with open(path) as f:
-    return json.load(f)
-
-
-def _write_json(path: str, value: Any) -> None:
-  """Atomic: a kill mid-write leaves the old file whole."""
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=1)
-  os.replace(path + ".tmp", path)
 
 
 def _ours(metrics: Mapping[str, Any], arch: str) -> str:
@@ -561,9 +539,9 @@ def tables(results: Mapping[str, dict], sidecars: Mapping[str, dict], header: st
     dataset, ipc = s["dataset"], s["ipc"]
     paper = PAPER.get(dataset, {}).get(ipc)
     no_curation = PAPER_NO_CURATION.get(dataset, {}).get(ipc)
-    wall = _format_seconds(s["wall_seconds"]) if s.get("wall_seconds") else "-"
+    wall = format_seconds(s["wall_seconds"]) if s.get("wall_seconds") else "-"
     if s.get("estimate_seconds"):
-      wall += f" (estimate {_format_seconds(s['estimate_seconds'])})"
+      wall += f" (estimate {format_seconds(s['estimate_seconds'])})"
     distilled = metrics.get("distill", {}).get("steps")
     lines.append(f"| {name} | {paper or '-'} | {no_curation or '-'} | "
                  f"{_ours(metrics, 'convnet')} | {budget_text(s['budget'], distilled)} | "
@@ -594,9 +572,9 @@ def _sidecar_path(out: str, name: str) -> str:
 
 def _publish(out: str, header: str) -> str:
   """Rewrites ``out/table.md`` from ``results.json`` and the cells' sidecars."""
-  results = _read_json(os.path.join(out, grid.RESULTS), {})
+  results = grid.read_json(os.path.join(out, grid.RESULTS), {})
   names = [n for n in sorted(os.listdir(out)) if os.path.isfile(_sidecar_path(out, n))]
-  text = tables(results, {n: _read_json(_sidecar_path(out, n), {}) for n in names}, header)
+  text = tables(results, {n: grid.read_json(_sidecar_path(out, n), {}) for n in names}, header)
   with open(os.path.join(out, TABLE), "w") as f:
     f.write(text)
   return text
@@ -699,19 +677,19 @@ def _run_recorded(p: Plan, out: str, planned: dict, device: str, estimate: float
   the wall time of every attempt (an interrupted one's too)."""
   path = _sidecar_path(out, p.cell.name)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  sidecar = _read_json(path, {})
+  sidecar = grid.read_json(path, {})
   devices = [d for d in sidecar.get("device", "").split(" + ") if d]
   sidecar.update(dataset=p.spec.dataset, ipc=p.spec.ipc, budget=planned,
                  device=" + ".join(devices + ([device] if device not in devices else [])))
   if estimate is not None:
     sidecar["estimate_seconds"] = estimate
-  _write_json(path, sidecar)
+  grid.write_json(path, sidecar)
   start = time.time()
   try:
     failures += grid.run_grid([p.cell], out, prefix="[reproduce]").failures
   finally:
     sidecar["wall_seconds"] = sidecar.get("wall_seconds", 0.0) + time.time() - start
-    _write_json(path, sidecar)
+    grid.write_json(path, sidecar)
 
 
 if __name__ == "__main__":

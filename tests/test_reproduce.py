@@ -101,14 +101,14 @@ def test_a_fraction_scales_steps_and_epochs_rounded_at_least_one():
       "--config.distill.ipc=10", "--config.eval.archs=convnet", "--config.eval.num_eval=3",
       "--config.eval.baselines=False", "--config.pretrain.max_steps=150",
       "--config.distill.steps=200", "--config.pretrain.max_steps=2",
-      "--config.eval.epochs=10")
+      "--config.eval.epochs=20")
   assert p.config.eval.archs == ("convnet",)  # the cifar10 config's default is all four
   budget = reproduce.budget(p, 0.01)
   assert budget["distill_steps"] == [200, 20000]
   assert budget["pool"] == [20, 2, 150, "steps"]
-  assert budget["eval"] == [10, 1000, "epochs", 10 * 4]  # ceil(10 x 40 / 128) steps an epoch
+  assert budget["eval"] == [20, 2000, "epochs", 20 * 4]  # ceil(10 x 40 / 128) steps an epoch
   assert reproduce.budget_text(budget) == (
-      "distill 200/20000 steps; pool 20 x 2/150 steps; eval 10/1000 epochs (40 steps); "
+      "distill 200/20000 steps; pool 20 x 2/150 steps; eval 20/2000 epochs (80 steps); "
       "fraction 0.01")
 
 
