@@ -13,16 +13,21 @@ random-real and initial-set baselines are not run.
 ``--fraction=F`` runs the fraction F of the cell's distillation steps,
 pretraining epochs (or steps) and evaluation epochs (or steps), each rounded,
 at least 1; the cell's workdir is then ``DIR/<cell>_f<F>``. Arguments the
-driver does not know, ``--config.x.y=v``, are passed to every cell's CLI run.
+driver does not know, ``--config.x.y=v``, are passed to every cell's CLI run
+(e.g. ``--config.data.data_dir=...``; an override that changes what a finished
+workdir computed is refused there by the CLI: use another ``--out``).
 
-Before running, it prints an estimate of each cell's time on this device: a
-child process times a few distillation, pool-training and evaluation-training
-steps of that cell's shapes on random data, and the steps are extrapolated to
-the cell's budget (`extrapolate`). After every cell it rewrites
-``DIR/table.md``: the paper's value (`PAPER`, `PAPER_NO_CURATION`,
-`PAPER_CROSS_ARCH`), ours (mean +- std over the evaluation runs), the budget
-used, the device and the wall time. Re-running resumes: finished cells are read
-back, an interrupted one resumes from its workdir's checkpoints.
+Before running, it prints an estimate of each cell's time on this device
+(``--estimate-only``: and stops): a child process times a few distillation,
+pool-training and evaluation-training steps of that cell's shapes on random
+data, and the steps and compilations are extrapolated to the cell's budget
+(`extrapolate`). After every cell it rewrites ``DIR/table.md`` from every cell
+in DIR: the paper's value (`PAPER`, `PAPER_NO_CURATION`, `PAPER_CROSS_ARCH`),
+ours (mean +- std over the evaluation runs), the budget used, the device and
+the wall time. Re-running resumes: finished cells are read back, an interrupted
+one resumes from its workdir's checkpoints, and a cell rerun with more
+evaluation (``--cross-arch``, a larger ``--num-eval``) reuses its pool and
+distilled set and trains only the networks it lacks.
 """
 
 from __future__ import annotations
@@ -243,7 +248,8 @@ def budget_flags(config, fraction: float) -> list[str]:
   epochs (or ``max_steps``) and evaluation epochs (or ``max_steps``); [] at 1."""
   if fraction == 1:
     return []
-  scaled = lambda n: max(1, round(n * fraction))  # pylint: disable=unnecessary-lambda-assignment
+  def scaled(n):
+    return max(1, round(n * fraction))
   out = [f"--config.distill.steps={scaled(config.distill.steps)}"]
   for section in ("pretrain", "eval"):
     cfg = config[section]
@@ -434,8 +440,9 @@ def measure(config, dataset: str, steps: int) -> dict[str, Any]:
   distilled = jnp.asarray(rng.random((classes * d.ipc * d.factor**2,) + shape, np.float32))
   evals = {arch: _train_seconds(make(arch), config.eval, distilled, classes, mean, std, steps)
            for arch in config.eval.archs}
-  pick = lambda i: {"distill": timed["distill"][i], "pretrain": timed["pretrain"][i],  # pylint: disable=unnecessary-lambda-assignment
-                    "eval": {arch: value[i] for arch, value in evals.items()}}
+  def pick(i):  # 0: seconds per step, 1: compilation
+    return {"distill": timed["distill"][i], "pretrain": timed["pretrain"][i],
+            "eval": {arch: value[i] for arch, value in evals.items()}}
   return {**pick(0), "compile": pick(1)}
 
 
@@ -627,32 +634,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   out = args.out
   os.makedirs(out, exist_ok=True)
-  header = (f"# NCFM reproduction\n\n`python -m ncfm_jax.reproduce {' '.join(argv)}`, "
-            f"last updated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+  now = datetime.datetime.now(datetime.timezone.utc)
+  header = (f"# NCFM reproduction\n\nLast command: `python -m ncfm_jax.reproduce "
+            f"{' '.join(argv)}`, {now:%Y-%m-%d %H:%M} UTC")
   pending = {p.cell.name for p in plans if not grid.finished(p.cell, out)}
   for p in plans:
     if p.cell.name not in pending:
       print(f"[reproduce] {p.cell.name}: finished earlier, read back", flush=True)
-  device, estimates = "unknown device", {}
-  if pending or args.estimate_only:
-    measured = [p for p in plans if args.estimate_only or p.cell.name in pending]
-    child_argv = [f"--cells={args.cells}", f"--out={out}", f"--fraction={args.fraction!r}",
-                  f"--num-eval={args.num_eval}", *(["--cross-arch"] if args.cross_arch else []),
-                  *passthrough]
-    device, seconds, failure = run_measurement(
-        child_argv, [p.cell.name for p in measured], args.estimate_steps)
-    if failure:
-      print(f"[reproduce] the estimate's measurement failed: {failure}", flush=True)
-    if seconds:
-      print(f"[reproduce] estimate on this device ({device}), extrapolated from "
-            f"{args.estimate_steps} timed steps of each phase on random data of each "
-            f"cell's shapes (not counted: data loading, checkpoints, test accuracy):",
-            flush=True)
-    for p in measured:
-      if p.cell.name in seconds:
-        parts = extrapolate(p.config, p.spec.dataset, seconds[p.cell.name])
-        estimates[p.cell.name] = sum(parts.values())
-        print("  " + estimate_line(p, seconds[p.cell.name], parts), flush=True)
+  measured = [p for p in plans if args.estimate_only or p.cell.name in pending]
+  device, estimates = _estimate(args, passthrough, measured) if measured else (
+      "unknown device", {})
   if args.estimate_only:
     return 0
 
@@ -669,6 +660,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {len(failures)} of {len(plans)} cells failed", file=sys.stderr)
     return 1
   return 0
+
+
+def _estimate(args: argparse.Namespace, passthrough: Sequence[str], plans: Sequence[Plan]
+              ) -> tuple[str, dict[str, float]]:
+  """Prints the estimate of `plans` (`run_measurement`, `extrapolate`); returns the
+  device and cell name -> estimated seconds."""
+  child_argv = [f"--cells={args.cells}", f"--out={args.out}", f"--fraction={args.fraction!r}",
+                f"--num-eval={args.num_eval}", *(["--cross-arch"] if args.cross_arch else []),
+                *passthrough]
+  device, seconds, failure = run_measurement(child_argv, [p.cell.name for p in plans],
+                                             args.estimate_steps)
+  if failure:
+    print(f"[reproduce] the estimate's measurement failed: {failure}", flush=True)
+  if seconds:
+    print(f"[reproduce] estimate on this device ({device}), extrapolated from "
+          f"{args.estimate_steps} timed steps of each phase on random data of each "
+          f"cell's shapes (not counted: data loading, checkpoints, test accuracy):",
+          flush=True)
+  estimates = {}
+  for p in plans:
+    if p.cell.name in seconds:
+      parts = extrapolate(p.config, p.spec.dataset, seconds[p.cell.name])
+      estimates[p.cell.name] = sum(parts.values())
+      print("  " + estimate_line(p, seconds[p.cell.name], parts), flush=True)
+  return device, estimates
 
 
 def _run_recorded(p: Plan, out: str, planned: dict, device: str, estimate: float | None,
