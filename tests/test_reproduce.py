@@ -123,15 +123,15 @@ def test_extrapolation_by_hand():
   p = reproduce.plan(reproduce.CellSpec("cifar10", 10), fraction=1, num_eval=10,
                      cross_arch=True, passthrough=[])
   parts = reproduce.extrapolate(p.config, "cifar10", SECONDS)
-  # Pool: 20 members x 60 epochs x (50000 // 256 = 195) steps; eval: 1000 epochs x
-  # ceil(400 / 128) = 4 steps, 10 networks per architecture.
-  assert parts["pool"] == pytest.approx(20 * 60 * 195 * 0.01)
+  # Pool: 20 members x 60 epochs x (50000 // 128 = 390) steps; eval: 2000 epochs x
+  # ceil(400 / 128) = 4 steps, 10 networks per architecture (the release's budget).
+  assert parts["pool"] == pytest.approx(20 * 60 * 390 * 0.01)
   assert parts["distill"] == pytest.approx(20000 * 0.5)
-  assert parts["eval resnet18"] == pytest.approx(10 * 4000 * 0.05)
+  assert parts["eval resnet18"] == pytest.approx(10 * 8000 * 0.05)
   assert set(parts) == {"pool", "distill", "eval convnet", "eval alexnet", "eval vgg11",
                         "eval resnet18"}
   line = reproduce.estimate_line(p, SECONDS, parts)
-  assert "pool 20 x 11700 steps x 0.01 s = 39m00s" in line
+  assert "pool 20 x 23400 steps x 0.01 s = 1h18m" in line
   assert "distill 20000 steps x 0.5 s = 2h46m" in line
   # Compilation: once per pool member, once for distillation, once per evaluation run.
   first = {"pretrain": 2.0, "distill": 30.0, "eval": dict.fromkeys(reproduce.CROSS_ARCHS, 1.0)}
@@ -153,8 +153,8 @@ def test_table_has_paper_values_ours_budget_device_and_cross_arch(tmp_path, fake
   table = (tmp_path / "table.md").read_text()
   row = next(l for l in table.splitlines() if l.startswith("| cifar10_ipc10_f0.1 |"))
   assert row.startswith("| cifar10_ipc10_f0.1 | 71.8 +- 0.3 | 68.9 | 70.0 +- 0.2 (n=3) | "
-                        "distill 2000/20000 steps; pool 20 x 6/60 epochs; eval 100/1000 "
-                        "epochs (400 steps); fraction 0.1 | cpu (2 cores) | ")
+                        "distill 2000/20000 steps; pool 20 x 6/60 epochs; eval 200/2000 "
+                        "epochs (800 steps); fraction 0.1 | cpu (2 cores) | ")
   assert "(estimate " in row
   assert "| tinyimagenet_ipc1_f0.1 | 18.2 +- 0.5 | 12.0 | 70.0 +- 0.2 (n=3) |" in table
   assert ("| cifar10_ipc10_f0.1 | 70.0 +- 0.2 (n=3) (71.8 +- 0.3) | 71.0 +- 0.2 (n=3) "
@@ -196,7 +196,7 @@ def test_estimate_only_runs_nothing(tmp_path, capsys, fakes):
   assert calls == [] and measured == [["cifar100_ipc50"]]
   out = capsys.readouterr().out
   assert "estimate on this device (cpu (2 cores))" in out
-  assert "cifar100_ipc50: pool 20 x 11700 steps" in out and "total" in out
+  assert "cifar100_ipc50: pool 20 x 23400 steps" in out and "total" in out
 
 
 # ------------------------------------------------------------------ end to end
