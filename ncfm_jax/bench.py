@@ -331,6 +331,9 @@ def _step_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--scan", choices=("auto", "true", "false"), default="auto",
                       help="lax.scan over the steps of a call (auto: not on CPU)")
   parser.add_argument("--unroll", type=int, default=1)
+  parser.add_argument("--plan", choices=("auto", "off"), default="auto",
+                      help="auto: the memory planner's plan (distill.memory_budget_gb, "
+                      "via --set); off: the config as given, all classes in one step")
   parser.add_argument("--set", action="append", default=[],
                       help="distill config override KEY=VALUE (e.g. freq_chunk=1024)")
   parser.add_argument("--in-process", action="store_true",
@@ -351,14 +354,14 @@ def _parse_override(text: str) -> tuple[str, Any]:
 
 def _measure_step(args: argparse.Namespace, name: str) -> dict[str, Any]:
   from ncfm_jax import bench_step  # pylint: disable=g-import-not-at-top
-  from ncfm_jax import distill  # pylint: disable=g-import-not-at-top
+  from ncfm_jax import execution  # pylint: disable=g-import-not-at-top
   workload = bench_step.WORKLOADS[name]
   if args.small:
     workload = bench_step.small_variant(workload)
-  use_scan = distill.resolve_use_scan(None if args.scan == "auto" else args.scan == "true")
+  use_scan = execution.resolve_use_scan(None if args.scan == "auto" else args.scan == "true")
   overrides = dict(_parse_override(item) for item in args.set)
   row = bench_step.run(workload, args.steps_per_call, args.repeats, use_scan,
-                       unroll=args.unroll, **overrides)
+                       unroll=args.unroll, plan=args.plan == "auto", **overrides)
   row.update(_environment(), overrides=overrides)
   return row
 
@@ -386,7 +389,7 @@ def _run_step(args: argparse.Namespace) -> list[dict[str, Any]]:
         f"{env['cpu_count']} CPUs; load avg {env['load_avg_1m']}; {env['date']}",
         flush=True)
   passthrough = [f"--steps-per-call={args.steps_per_call}", f"--repeats={args.repeats}",
-                 f"--scan={args.scan}", f"--unroll={args.unroll}"]
+                 f"--scan={args.scan}", f"--unroll={args.unroll}", f"--plan={args.plan}"]
   passthrough += ["--small"] if args.small else []
   passthrough += [f"--set={item}" for item in args.set]
   rows = []
@@ -402,6 +405,8 @@ def _run_step(args: argparse.Namespace) -> list[dict[str, Any]]:
                 first_call_s=r["first_call_seconds"], gflop_per_step=r["gflops_per_step"],
                 achieved_gflops=r["achieved_gflops"], matmul_gflops=r["matmul_gflops"],
                 ratio=r["fraction_of_matmul"], peak_mb=r["peak_memory_mb"],
+                planned_mb=None if r.get("planned_gb") is None else r["planned_gb"] * 1024,
+                plan=None if r.get("plan") is None else r["plan"]["described"],
                 scan=r["use_scan"]) for r in rows]
   print()
   print(_markdown_table(table, list(table[0])))
@@ -410,7 +415,8 @@ def _run_step(args: argparse.Namespace) -> list[dict[str, Any]]:
         f"{args.steps_per_call} steps; first_call_s: compile + the warm-up call; "
         "gflop_per_step: XLA cost analysis of one step; ratio = achieved / matmul "
         "(float32 matmul, 2048^3 on CPU and 8192^3 (TF32) on GPU, measured in the same process); peak_mb: peak host "
-        "RSS on CPU, peak_bytes_in_use on GPU.")
+        "RSS on CPU (from the planned step's setup on: the planner's trials excluded), "
+        "peak_bytes_in_use on GPU; planned_mb: the plan's compile-time bytes (ncfm_jax/plan.py).")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(rows, f, indent=2)

@@ -1,22 +1,30 @@
 """Timing of the full jitted distillation step (`python -m ncfm_jax.bench step`).
 
 Random uint8 images stand in for the dataset and randomly initialised ConvNets
-for the pool: the content of either does not change the cost of a step.
+for the pool: the content of either does not change the cost of a step. The step
+runs as the pipeline runs it: with the memory planner's plan (`ncfm_jax.plan`,
+budget `distill.memory_budget_gb`, default half the RAM on CPU) through
+`execution.make_run_steps` (on CPU, class blocks as a host loop of jitted pieces);
+`plan=False` runs the config as given (all classes in one step).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import resource
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from ncfm_jax import config_lib
 from ncfm_jax import distill
+from ncfm_jax import execution
 from ncfm_jax import models
+from ncfm_jax import plan as plan_lib
 from ncfm_jax import train as train_lib
 from ncfm_jax.data import sampling
 
@@ -107,38 +115,99 @@ def matmul_gflops(size: int | None = None, repeats: int = 10) -> float:
 
 
 def peak_memory_mb() -> float:
-  """Peak device memory on accelerators, peak host RSS on CPU."""
+  """Peak device memory on accelerators, peak host RSS on CPU (since the last
+  `reset_peak_memory`, where Linux allows it)."""
   device = jax.devices()[0]
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   if device.platform != "cpu" and stats and "peak_bytes_in_use" in stats:
     return stats["peak_bytes_in_use"] / 2**20
+  hwm = _proc_status_kib("VmHWM")
+  if hwm is not None:
+    return hwm / 1024
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def flops_per_step(run_fn, state, pool, data) -> float:
+def _proc_status_kib(field: str) -> int | None:
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith(field + ":"):
+          return int(line.split()[1])
+  except OSError:
+    pass
+  return None
+
+
+def reset_peak_memory() -> None:
+  """Starts the CPU peak RSS afresh (Linux: VmHWM reset to the current RSS), so the
+  planner's own trials do not count in the step's peak."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+  except OSError:
+    pass
+
+
+def workload_spec(workload: Workload, config) -> plan_lib.StepSpec:
+  """The planner's view of `workload` (its random training set sits on the device)."""
+  full = config_lib.base_config()
+  full.model.width, full.model.depth = workload.width, workload.depth
+  full.pretrain.num_models = workload.pool_size
+  full.distill = config
+  return plan_lib.make_spec(
+      full, num_classes=workload.classes,
+      image_shape=(workload.image_size, workload.image_size, workload.channels),
+      train_images=workload.classes * workload.images_per_class,
+      largest_class=workload.images_per_class, mean=(0.5,) * workload.channels,
+      std=(0.25,) * workload.channels)
+
+
+def flops_per_step(run_steps: execution.RunSteps, state, pool, data) -> float:
   """FLOPs of ONE step from XLA's cost analysis of the lowered (not yet compiled)
   step: the same count on every backend (after compilation, GPU convolutions
   become cuDNN calls that the analysis does not count), and no extra compile.
-  The single step is analysed: a scan's loop body would be counted once."""
-  cost = run_fn.jitted_step.lower(state, pool, data).cost_analysis()
+  The single step is analysed: a scan's loop body would be counted once. The
+  step must be one jitted function (all classes at once: the host block loop
+  has one per piece)."""
+  cost = run_steps.jitted(state, data, single_step=True).lower(state, pool, data).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", 0.0))
 
 
+def _plan_only(workload: Workload, config: dict) -> None:
+  config = ml_collections.ConfigDict(config)
+  plan_lib.choose(workload_spec(workload, config), config)
+
+
 def run(workload: Workload, steps_per_call: int, repeats: int, use_scan: bool,
-        unroll: int = 1, **overrides) -> dict:
-  """Times `repeats` calls of `steps_per_call` steps after one warm-up call."""
+        unroll: int = 1, plan: bool = True, **overrides) -> dict:
+  """Times `repeats` calls of `steps_per_call` steps after one warm-up call, with
+  the planner's plan for the budget (`plan`), else the config as given."""
   config = distill_config(workload, steps_per_call=steps_per_call,
                           use_scan=use_scan, unroll=unroll, **overrides)
+  choice = None
+  if plan:
+    if plan_lib.default_cache_path():
+      # Compile and time the candidates in a child process, so that neither their
+      # memory (kept by the allocator) nor their compiled code counts in this
+      # process's peak; the choice below then comes from the cache.
+      child = multiprocessing.get_context("spawn").Process(
+          target=_plan_only, args=(workload, config.to_dict()))
+      child.start()
+      child.join()
+    choice = plan_lib.choose(workload_spec(workload, config), config)
+    print(choice.summary(), flush=True)
+    config = choice.plan.apply(config, workload.classes)
+  reset_peak_memory()
   state, pool, data, step_fn = setup(workload, config)
-  run_fn = distill.make_run_steps(step_fn, config, steps_per_call)
-  # lax.map bodies are counted once: count the same math unchunked (and without
-  # remat_syn's recomputation, which is not useful work).
+  run_fn = execution.make_run_steps(step_fn, config, steps_per_call).run
+  # lax.map bodies are counted once: count the same math unchunked, all classes in
+  # one step (and without remat_syn's recomputation, which is not useful work).
   unchunked = distill_config(workload, steps_per_call=steps_per_call, use_scan=use_scan,
                              **dict(overrides, real_chunk=0, syn_chunk=0, freq_chunk=None,
-                                    remat_syn=False))
+                                    remat_syn=False, class_block=0))
   _, _, _, plain_step = setup(workload, unchunked)
-  flops = flops_per_step(distill.make_run_steps(plain_step, unchunked, 1), state, pool, data)
+  flops = flops_per_step(execution.make_run_steps(plain_step, unchunked, 1), state, pool, data)
 
   start = time.perf_counter()
   state, metrics = run_fn(state, pool, data)  # warm-up: compiles the run function
@@ -167,4 +236,6 @@ def run(workload: Workload, steps_per_call: int, repeats: int, use_scan: bool,
       "fraction_of_matmul": achieved / matmul,
       "peak_memory_mb": peak_memory_mb(),
       "final_loss": float(np.asarray(metrics["loss"])[-1]),
+      "plan": None if choice is None else choice.to_json(),
+      "planned_gb": None if choice is None else choice.footprint.planned_bytes / plan_lib.GB,
   }
