@@ -469,15 +469,14 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
       carry = jax.tree.map(jnp.add, carry, grads._replace(syn=jnp.zeros(())))
       return carry, grads.syn
 
-    zeros = BlockGradients(jnp.zeros(()), jnp.zeros_like(draws.t),
-                           LossTerms(jnp.zeros(()), jnp.zeros(()), jnp.zeros(())))
-    summed, syn_grads = jax.lax.scan(body, zeros, jnp.arange(num_blocks))
+    zeros_ = zeros(state.syn_images, draws)._replace(syn=jnp.zeros(()))
+    summed, syn_grads = jax.lax.scan(body, zeros_, jnp.arange(num_blocks))
     syn_grads = syn_grads.reshape(state.syn_images.shape)
     return finish(state, summed._replace(syn=syn_grads))
 
   def zeros(syn_images, draws: StepDraws) -> BlockGradients:
-    return BlockGradients(jnp.zeros_like(syn_images), jnp.zeros_like(draws.t), jnp.zeros(()),
-                          jnp.zeros(()))
+    return BlockGradients(jnp.zeros_like(syn_images), jnp.zeros_like(draws.t),
+                          LossTerms(jnp.zeros(()), jnp.zeros(()), jnp.zeros(())))
 
   return DistillStep(distill_step, evaluate,
                      ClassBlocks(begin, block_gradients, finish, blocked_step, zeros))

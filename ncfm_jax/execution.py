@@ -11,7 +11,12 @@ what a step computes (docs/design.md, "Backend policy"):
   convolutions inside `lax.scan` slowly (the distillation step 2.3x slower,
   classifier-training steps 5-25x; docs/design.md section 11);
 * devices (`make_run_steps(..., mesh=...)`): with a mesh the same step runs
-  data parallel (the real batch split along B) or class sharded (`sharding`).
+  data parallel (the real batch split along B) or class sharded (`sharding`);
+* class blocks (`class_block_size`, `resolve_block_loop`, `make_host_block_step`):
+  the gradient of K classes at a time, in one jitted step or a host loop.
+
+The defaults here are per backend; `ncfm_jax.plan` chooses pass sizes and class
+blocks for a memory budget from XLA's compile-time memory analysis.
 """
 
 from __future__ import annotations

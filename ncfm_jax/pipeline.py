@@ -56,6 +56,7 @@ class Run:
     self.mean, self.std = self.dataset.mean, self.dataset.std
     self.model = self.make_model(config.model.name)
     self.key = jax.random.PRNGKey(config.seed)
+    self._planned = None
     # Several devices: every phase runs data parallel over all of them.
     self.mesh = sharding.make_mesh() if jax.device_count() > 1 else None
     if self.mesh is not None:
@@ -143,8 +144,14 @@ class Run:
                          f"distill.batch_real={capped}")
     return d
 
-  def plan(self, d):
-    """`d` with the memory plan applied (`plan.Planner`), written to plan.json."""
+  def planned_distill_config(self):
+    """`distill_config()` with the memory plan applied (`plan.Planner`, once per run),
+    written to plan.json."""
+    if self._planned is None:
+      self._planned = self._plan(self.distill_config())
+    return self._planned
+
+  def _plan(self, d):
     counts = np.bincount(self.dataset.train_labels, minlength=self.num_classes)
     spec = plan_lib.make_spec(self.config, num_classes=self.num_classes,
                               image_shape=self.image_shape,
@@ -154,11 +161,12 @@ class Run:
     # choose differently in each process.
     choice = plan_lib.choose(spec, d, timed=self.mesh is None)
     print(choice.summary(), flush=True)
+    os.makedirs(self.workdir, exist_ok=True)
     wd.write_json(self.path("plan.json"), choice.to_json())
     return choice.plan.apply(d, self.num_classes)
 
   def distill(self) -> dict:
-    d = self.plan(self.distill_config())
+    d = self.planned_distill_config()
     pool = self.load_pool()
     init_images = self.initial_synthetic()
     if not os.path.exists(self.path("init.npz")):
@@ -230,6 +238,9 @@ def run(config, workdir: str, mode: str = "all") -> dict:
     return plan_step(config, workdir)
   r = Run(config, workdir)  # loads the data: bad data fails before anything is written
   evaluation.check_settings(r, evaluation.sources_for_mode(config, mode))
+  if mode == "distill" or (mode == "all" and not distributed.agree(
+      os.path.exists(r.path("distilled.npz")))):
+    r.planned_distill_config()  # a budget that no plan fits stops before any work
   if not known:
     wd.write_config(workdir, config)
   wd.update_metrics(workdir, dataset=r.dataset.name, ipc=int(config.distill.ipc),

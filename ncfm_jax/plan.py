@@ -28,14 +28,19 @@ XLA's compile-time memory analysis:
 Not counted: the host's copy of the dataset, compiled code, the runtime's own
 allocations (on CPU these all share the RAM with the plan).
 
-Candidates: for each pass policy (fastest first on this backend: unrolled
-cache-sized passes, then recomputed passes with chunked frequencies), the largest
-block size K of a ladder of divisors of C (C, ~C/2, ~C/4, ..., 1) that fits, by
-bisection (memory falls with K). A recomputing plan is kept only when it allows a
-larger K than every faster policy. When several fit, each is timed once on random
-data (a couple of calls of its compiled step, or of its pieces for the host loop:
-begin + blocks x block_gradients + finish) and the fastest wins: on CPU a
-cache-sized block can beat one big batch, so "fewest blocks" is not assumed.
+Candidates: for each pass policy, fastest first on this backend (CPU: unrolled
+cache-sized passes, then recomputed passes with chunked frequencies; GPU/TPU: all
+at once, then the real forward in passes with chunked frequencies, then the
+synthetic passes recomputed too), the largest block size K of a ladder of
+divisors of C (C, ~C/2, ~C/4, ..., 1) that fits, by bisection (memory falls with
+K); a slower policy's plan is kept only when it allows a larger K than every
+faster one, and on CPU the fastest policy is also tried at the largest smaller K
+whose synthetic passes are cache-sized. When several fit, each is timed once on
+random data (a couple of calls of its compiled step, or for the host loop of its
+pieces: begin + zeros + blocks x block_gradients + finish) and the fastest wins:
+on CPU a cache-sized block can beat one big batch, so "fewest blocks" is not
+assumed. Without timing (several devices, `bench memory`) the first candidate
+is taken.
 Analyses and timings are cached per (config, shapes, plan, device kind, code) in
 a JSON file (`cache_path`), so a second run plans without compiling. Explicit
 `class_block`, `real_chunk`, `syn_chunk` (with `remat_syn`), `freq_chunk` and
@@ -120,12 +125,15 @@ class Plan(NamedTuple):
     return f"{blocks}, {real}, {syn}{freqs}"
 
   def short(self, num_classes: int) -> str:
-    """Compact form for tables: K=5 r25 s100 (remat: s100r; F blocks: f512)."""
-    text = f"K={self.class_block}" + (f"/{self.block_loop}" if self.class_block < num_classes
-                                      and self.block_loop == "scan" else "")
-    text += f" r{self.real_chunk or 'all'} s{self.syn_chunk or 'all'}"
-    return text + ("r" if self.remat_syn else "") + (f" f{self.freq_chunk}"
-                                                     if self.freq_chunk else "")
+    """Compact form for tables, e.g. "K=5 r25 s100", "K=25 r5 s5+remat F512" (K: classes
+    per block; r/s: real/synthetic images per class per pass, * all at once; F:
+    frequencies per NCFD block; "/scan": blocks in one jitted step)."""
+    text = f"K={self.class_block}"
+    if self.class_block < num_classes and self.block_loop == "scan":
+      text += "/scan"
+    text += f" r{self.real_chunk or '*'} s{self.syn_chunk or '*'}"
+    text += "+remat" if self.remat_syn else ""
+    return text + (f" F{self.freq_chunk}" if self.freq_chunk else "")
 
 
 class StepSpec(NamedTuple):
@@ -266,8 +274,8 @@ def _concrete(abstract, key: jax.Array):
   keys = jax.random.split(key, len(leaves))
   out = []
   for k, leaf in zip(keys, leaves):
-    if leaf.dtype == jnp.uint8:
-      out.append(jax.random.randint(k, leaf.shape, 0, 256).astype(jnp.uint8))
+    if leaf.dtype == jnp.uint8:  # drawn as uint8: no int32 copy of a training set
+      out.append(jax.random.bits(k, leaf.shape, jnp.uint8))
     elif jnp.issubdtype(leaf.dtype, jnp.floating):
       out.append(0.05 * jax.random.normal(k, leaf.shape, leaf.dtype))
     else:
@@ -284,11 +292,21 @@ class _Piece(NamedTuple):
 
 
 class Footprint(NamedTuple):
-  """A plan's planned bytes and the XLA figures of its peak piece."""
+  """A plan's planned bytes and the XLA figures of its peak piece.
+
+  Attributes:
+    planned_bytes: the most any piece needs (its own bytes plus what is held).
+    peak_piece: the piece that needs it ("step" for one jitted step).
+    xla: temp_bytes, argument_bytes, output_bytes, alias_bytes of the peak piece.
+    pieces: name -> planned bytes while that piece runs.
+    held: name -> bytes held meanwhile besides its arguments (in `pieces`).
+    compile_seconds: spent compiling here (0 from the cache).
+  """
   planned_bytes: int
   peak_piece: str
-  xla: dict  # temp_bytes, argument_bytes, output_bytes, alias_bytes (of the peak piece)
-  pieces: dict  # name -> planned bytes while that piece runs
+  xla: dict
+  pieces: dict
+  held: dict
   compile_seconds: float
 
 
@@ -359,13 +377,16 @@ class Planner:
           remat_syn=bool(d.get("remat_syn")) if explicit_syn else remat,
           freq_chunk=d.freq_chunk if d.get("freq_chunk") is not None else freqs)
 
-    if cpu:  # cache-sized passes; unrolled, then recomputed
-      fast = lambda k: make(k, passes(batch, k, batch), passes(per_class, k, 8), False, None)
-    else:  # all at once, then bounded passes
-      fast = lambda k: make(k, 0, 0, False, None)
     frugal = lambda k: make(k, passes(batch, k, batch), passes(per_class, k, per_class), True,
                             freq_chunk)
-    return [fast, frugal]
+    if cpu:  # cache-sized passes; unrolled, then recomputed
+      return [lambda k: make(k, passes(batch, k, batch), passes(per_class, k, 8), False, None),
+              frugal]
+    # GPU/TPU: all at once; then the real forward in passes and F in blocks; then
+    # the synthetic passes recomputed too.
+    return [lambda k: make(k, 0, 0, False, None),
+            lambda k: make(k, passes(batch, k, batch), 0, False, freq_chunk),
+            frugal]
 
   def unbounded(self) -> Plan:
     """All classes, every pass all at once, frequencies unchunked (no planning)."""
@@ -413,12 +434,13 @@ class Planner:
     cached = self.cache.get(self._key(plan))
     if cached is not None and "planned_bytes" in cached and not compile_:
       footprint = Footprint(cached["planned_bytes"], cached["peak_piece"], cached["xla"],
-                            cached["pieces"], 0.0)
+                            cached["pieces"], cached["held"], 0.0)
       self._evaluated[plan] = footprint
       return footprint
     start = time.perf_counter()
     totals, figures, executables = {}, {}, {}
-    for name, piece in self._pieces(plan).items():
+    pieces = self._pieces(plan)
+    for name, piece in pieces.items():
       # The host loop's begin, zeros and finish do not depend on the plan: compiled once.
       shared = name in _PLAN_FREE_PIECES
       if shared and name in self._shared:
@@ -434,11 +456,12 @@ class Planner:
       executables[name] = (compiled, piece.args, piece.steps)
     seconds = time.perf_counter() - start
     peak = max(totals, key=totals.get)
-    footprint = Footprint(int(totals[peak]), peak, figures[peak], totals, seconds)
+    held = {name: piece.held for name, piece in pieces.items()}
+    footprint = Footprint(int(totals[peak]), peak, figures[peak], totals, held, seconds)
     self._evaluated[plan] = footprint
     self._compiled[plan] = executables
     self.cache.update(self._key(plan), planned_bytes=footprint.planned_bytes,
-                      peak_piece=peak, xla=footprint.xla, pieces=totals)
+                      peak_piece=peak, xla=footprint.xla, pieces=totals, held=held)
     self.log(f"[plan] {plan.describe(self.spec.num_classes)}: "
              f"{footprint.planned_bytes / GB:.2f} GB (compiled in {seconds:.1f}s)")
     return footprint
@@ -495,10 +518,14 @@ class Planner:
     return plan, self.evaluate(plan)
 
   # ---------------------------------------------------------------- timing
-  def seconds_per_step(self, plan: Plan) -> float:
+  def seconds_per_step(self, plan: Plan, *, stop_above: float | None = None) -> float:
     """Seconds per step of `plan` on random data (cached): its compiled step called
-    twice (the second timed), or for the host loop its pieces: begin + zeros +
-    blocks x block_gradients + finish."""
+    twice (the second timed; a first call over 20 s is not repeated), or for the
+    host loop its pieces: begin + zeros + blocks x block_gradients + finish.
+
+    `stop_above`: once the first call shows the plan slower than this, stop and
+    return that lower bound (not cached): a slow candidate costs one call.
+    """
     key = self._key(plan)
     cached = self.cache.get(key)
     if cached is not None and cached.get("seconds_per_step") is not None:
@@ -511,15 +538,17 @@ class Planner:
     state = distill.init_state(rng, syn, spec.feature_dim,
                                plan.apply(self.config, spec.num_classes))
     pool = _concrete(inputs.pool, jax.random.PRNGKey(1))
+    stop_above = float("inf") if stop_above is None else stop_above
     if "step" in executables:
       compiled, args, steps = executables["step"]
       source = self._valid_indices(_concrete(args[2], jax.random.PRNGKey(2)))
-
-      def call():
-        nonlocal state
-        state, metrics = compiled(state, pool, source)
-        return state, metrics
-      seconds = _twice(call) / steps
+      times = []
+      for _ in range(2):
+        (state, _), t = _timed(lambda: compiled(state, pool, source))
+        times.append(t / steps)
+        if times[0] > 20 or times[0] > stop_above:
+          break
+      seconds = times[-1]
     else:
       run = {name: compiled for name, (compiled, _, _) in executables.items()}
       source = self._valid_indices(_concrete(inputs.source, jax.random.PRNGKey(2)))
@@ -532,9 +561,14 @@ class Planner:
             summed, state.syn_images, source, state.key, state.step, draws,
             jnp.int32(b % num_blocks)))
         times.append(t)
-      block = times[1] if times[0] < 20 else times[0]
+        if times[0] > 20 or num_blocks * times[0] > stop_above:
+          break
       _, t_finish = _timed(lambda: run["finish"](state, summed))
-      seconds = t_begin + t_zeros + num_blocks * block + t_finish
+      seconds = t_begin + t_zeros + num_blocks * times[-1] + t_finish
+    if seconds > stop_above:
+      self.log(f"[plan] {plan.describe(spec.num_classes)}: over {seconds:.3g} s/step "
+               f"(timing stopped: slower than {stop_above:.3g})")
+      return seconds
     self.cache.update(key, seconds_per_step=seconds)
     self.log(f"[plan] {plan.describe(spec.num_classes)}: {seconds:.3g} s/step (timed)")
     return seconds
@@ -563,7 +597,9 @@ class Planner:
           f"{footprint.planned_bytes / GB:.3g} GB")
     seconds = {}
     if timed and len(found) > 1:
-      seconds = {plan: self.seconds_per_step(plan) for plan in found}
+      for plan in found:  # in the order tried: the likely fastest first
+        seconds[plan] = self.seconds_per_step(plan, stop_above=min(seconds.values(),
+                                                                   default=None))
       chosen = min(found, key=seconds.get)
       self._compiled.clear()  # the executables served the timing
     else:
@@ -628,15 +664,6 @@ def _timed(fn):
   start = time.perf_counter()
   out = jax.block_until_ready(fn())
   return out, time.perf_counter() - start
-
-
-def _twice(call) -> float:
-  """Seconds of a second call (a first one over 20 s is not repeated)."""
-  _, first = _timed(call)
-  if first > 20:
-    return first
-  _, second = _timed(call)
-  return second
 
 
 # --------------------------------------------------------------------- cache

@@ -28,7 +28,7 @@ def test_help_lists_the_subcommands():
   listed = set(re.search(r"\{(.*?)\}", done.stdout).group(1).split(","))
   # `norm` is listed exactly where its module is installed.
   norm = {"norm"} if importlib.util.find_spec("ncfm_jax.bench.norm") else set()
-  assert listed == {"ncfd", "step", "scaling"} | norm
+  assert listed == {"ncfd", "step", "scaling", "memory"} | norm
 
 
 def test_only_the_chosen_subcommand_is_imported(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 unbounded one, explicit settings kept, the cache, and --mode=plan without data."""
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +63,20 @@ def test_a_small_budget_is_honoured_and_its_step_equals_the_unbounded_step(plann
   assert choice.to_json()["planned_gb"] <= budget / plan_lib.GB
   assert set(choice.to_json()["xla"]) == {"temp_bytes", "argument_bytes", "output_bytes",
                                           "alias_bytes"}
+  # The host loop holds the state, the pool and the training set across its pieces:
+  # what a piece does not take as an argument is added to its own bytes.
+  inputs = planner._inputs  # pylint: disable=protected-access
+  nbytes = lambda *trees: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trees))
+  held = choice.footprint.held
+  assert held["finish"] == nbytes(inputs.pool, inputs.source)
+  assert held["begin"] == nbytes(inputs.source)
+  assert held["block_gradients"] == nbytes(inputs.state, inputs.pool) - nbytes(
+      inputs.state.syn_images, inputs.state.key, inputs.state.step)
+  assert choice.footprint.planned_bytes == max(choice.footprint.pieces.values())
+  peak = choice.footprint.xla
+  assert choice.footprint.planned_bytes == (
+      held[choice.footprint.peak_piece] + peak["argument_bytes"] + peak["temp_bytes"]
+      + peak["output_bytes"] - peak["alias_bytes"])
 
   # One step of the chosen plan == one unbounded step (float32 summation order only).
   spec, d = planner.spec, planner.config
@@ -99,6 +114,16 @@ def test_a_budget_no_plan_fits_is_one_input_error_naming_the_smallest_need(plann
   assert "\n" not in str(err.value)
 
 
+def test_a_host_plan_is_timed_once_and_the_time_cached(planner):
+  # Before the next test: its timed choice drops the executables compiled so far.
+  plan = planner.policies()[0](2)
+  seconds = planner.seconds_per_step(plan)
+  assert 0 < seconds < 60
+  again = plan_lib.Planner(planner.spec, planner.config, cache_path=planner.cache.path,
+                           log=None)
+  assert again.seconds_per_step(plan) == seconds
+
+
 def test_the_fastest_fitting_candidate_wins_and_a_second_planner_reads_the_cache(
     planner, monkeypatch):
   budget = planner.evaluate(planner.unbounded()).planned_bytes * 10
@@ -106,7 +131,7 @@ def test_the_fastest_fitting_candidate_wins_and_a_second_planner_reads_the_cache
   slow_first = planner.policies()[0](1)
   monkeypatch.setattr(planner, "candidates", lambda b: [fast, slow_first])
   times = {fast: 2.0, slow_first: 1.0}
-  monkeypatch.setattr(planner, "seconds_per_step", times.get)
+  monkeypatch.setattr(planner, "seconds_per_step", lambda plan, stop_above=None: times[plan])
   assert planner.choose(budget).plan == slow_first  # measured, not assumed
   assert planner.choose(budget, timed=False).plan == fast  # untimed: the first tried
 
@@ -115,15 +140,6 @@ def test_the_fastest_fitting_candidate_wins_and_a_second_planner_reads_the_cache
                            log=lines.append)
   assert again.evaluate(fast) == planner.evaluate(fast)._replace(compile_seconds=0.0)
   assert not lines  # nothing compiled
-
-
-def test_a_host_plan_is_timed_once_and_the_time_cached(planner):
-  plan = planner.policies()[0](2)
-  seconds = planner.seconds_per_step(plan)
-  assert 0 < seconds < 60
-  again = plan_lib.Planner(planner.spec, planner.config, cache_path=planner.cache.path,
-                           log=None)
-  assert again.seconds_per_step(plan) == seconds
 
 
 def test_explicit_settings_are_kept():
@@ -136,12 +152,32 @@ def test_explicit_settings_are_kept():
             plan.freq_chunk) == (2, 4, 2, True, 32)
 
 
+def test_pass_policies_per_backend_go_from_fast_to_frugal():
+  config = _config(batch_real=64, ipc=10, num_freqs=4096)
+  spec = plan_lib.make_spec(config, num_classes=CLASSES, image_shape=(32, 32, 3),
+                            train_images=CLASSES * 80, largest_class=80)
+  planner = plan_lib.Planner(spec, config.distill, cache_path="", log=None)
+  planner.backend = "cpu"  # 4 classes x 64 real, x 40 synthetic CIFAR-sized images
+  fast, frugal = (policy(4) for policy in planner.policies())
+  assert (fast.real_chunk, fast.syn_chunk, fast.remat_syn, fast.freq_chunk) == (
+      32, 20, False, None)  # passes of 128 and 80 images
+  assert (frugal.syn_chunk, frugal.remat_syn, frugal.freq_chunk) == (
+      20, True, plan_lib.FREQ_CHUNK)
+  planner.backend = "gpu"
+  whole, passes, recomputed = (policy(4) for policy in planner.policies())
+  assert (whole.real_chunk, whole.syn_chunk, whole.freq_chunk) == (0, 0, None)
+  assert (passes.syn_chunk, passes.remat_syn, passes.freq_chunk) == (0, False,
+                                                                    plan_lib.FREQ_CHUNK)
+  assert not recomputed.remat_syn  # 160 images fit one accelerator pass: none to recompute
+  assert whole.class_block == passes.class_block == recomputed.class_block == 4
+
+
 def test_mode_plan_writes_plan_json_from_the_registry_without_loading_data(
     tmp_path, monkeypatch):
   config = _fashion_tiny()
   config.distill.batch_real = 1024  # capped at the 200 images of a class
   config.distill.memory_budget_gb = 0.5
-  monkeypatch.setattr(pipeline.data_lib, "load_dataset", _no_data)
+  monkeypatch.setattr(pipeline.data_lib, "load_dataset", _must_not_run)
   monkeypatch.setenv("NCFM_PLAN_CACHE", "")
   result = pipeline.run(config, str(tmp_path), mode="plan")
   written = json.loads((tmp_path / "plan.json").read_text())
@@ -163,8 +199,8 @@ def _fashion_tiny():
   return module.get_config("tiny")
 
 
-def _no_data(*args, **kwargs):
-  raise AssertionError("--mode=plan loaded the dataset")
+def _must_not_run(*args, **kwargs):
+  raise AssertionError("called where nothing may run")
 
 
 def test_the_registry_and_a_folder_listing_give_the_shapes(tmp_path):
@@ -187,3 +223,17 @@ def test_the_registry_and_a_folder_listing_give_the_shapes(tmp_path):
           folder.smallest_class, folder.largest_class) == (2, (24, 24, 3), 8, 3, 5)
   with pytest.raises(InputError, match="registry does not describe"):
     sources.dataset_shape({"name": "bugs"})
+
+
+def test_a_run_whose_budget_fits_no_plan_stops_before_any_work(tmp_path, monkeypatch):
+  if not (pathlib.Path("/usr/share/datasets/fashion-mnist")).is_dir():
+    pytest.skip("Fashion-MNIST IDX files missing (apt-get install dataset-fashion-mnist)")
+
+  def no_plan_fits(*args, **kwargs):
+    raise InputError("distill.memory_budget_gb=1e-06 fits no plan for this step")
+  monkeypatch.setattr(pipeline.plan_lib, "choose", no_plan_fits)
+  monkeypatch.setattr(pipeline.Run, "pretrain", _must_not_run)
+  workdir = tmp_path / "run"
+  with pytest.raises(InputError, match="fits no plan"):
+    pipeline.run(_fashion_tiny(), str(workdir), mode="all")
+  assert not workdir.exists() or not any(workdir.iterdir())

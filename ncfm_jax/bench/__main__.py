@@ -33,6 +33,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     # Its module may be absent from an installation: then it is not listed.
     "norm": Subcommand("ncfm_jax.bench.norm",
                        "InstanceNorm implementations (ours, flax's) on the distillation pass."),
+    "memory": Subcommand("ncfm_jax.bench.memory",
+                         "The memory planner's plans of the paper's cells per budget "
+                         "(XLA's compile-time analysis)."),
 }
 
 
