@@ -200,3 +200,14 @@ def summary_table(metrics: dict) -> str:
                    if result else "-")
     lines.append(f"| {arch} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def print_summary(metrics: dict) -> None:
+  """The evaluation table and the distillation's speed, as the CLI ends."""
+  table = summary_table(metrics)
+  if table:
+    print("\n" + table)
+  if "distill" in metrics:
+    dm = metrics["distill"]
+    print(f"\ndistill: {dm['steps']} steps, {dm['seconds_per_step']:.3f} s/step, "
+          f"final loss (mean of the last 10 steps) {dm['final_loss']:.2f}")

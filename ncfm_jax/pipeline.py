@@ -259,41 +259,14 @@ def run(config, workdir: str, mode: str = "all") -> dict:
       if distributed.agree(evaluation.missing_runs(config, metrics, source)):
         evaluation.evaluate(r, source)
   metrics = wd.read_json(r.path("metrics.json"), {})
-  print_summary(metrics)
+  evaluation.print_summary(metrics)
   return metrics
 
 
 def plan_step(config, workdir: str) -> dict:
   """`--mode=plan`: plans one distillation step of `config` from the dataset
   registry's shapes (nothing loaded) and writes `workdir/plan.json`; returns it."""
-  shape = data_lib.dataset_shape(config.data)
-  d = plan_lib.capped_distill_config(config.distill, shape.smallest_class)
-  if d.batch_real < config.distill.batch_real:
-    print(f"[plan] distill.batch_real={config.distill.batch_real} capped at "
-          f"{d.batch_real}, the smallest class's training images", flush=True)
-  spec = plan_lib.make_spec(config, num_classes=shape.num_classes,
-                            image_shape=shape.image_shape, train_images=shape.train_images,
-                            largest_class=shape.largest_class,
-                            mean=data_lib.DATASETS[shape.name].mean
-                            if shape.name in data_lib.DATASETS else None,
-                            std=data_lib.DATASETS[shape.name].std
-                            if shape.name in data_lib.DATASETS else None)
-  print(f"[plan] {shape.name}: {shape.num_classes} classes of {shape.image_shape}, "
-        f"{shape.train_images} training images ({shape.source}); training set "
-        f"{'on the device' if spec.data_on_device else 'streamed from the host'}", flush=True)
-  choice = plan_lib.choose(spec, d)
-  print(choice.summary(), flush=True)
-  result = dict(choice.to_json(), dataset=shape._asdict())
+  result = plan_lib.plan_from_registry(config)
   os.makedirs(workdir, exist_ok=True)
   wd.write_json(os.path.join(workdir, "plan.json"), result)
   return result
-
-
-def print_summary(metrics: dict) -> None:
-  table = evaluation.summary_table(metrics)
-  if table:
-    print("\n" + table)
-  if "distill" in metrics:
-    dm = metrics["distill"]
-    print(f"\ndistill: {dm['steps']} steps, {dm['seconds_per_step']:.3f} s/step, "
-          f"final loss (mean of the last 10 steps) {dm['final_loss']:.2f}")

@@ -61,6 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncfm_jax import data as data_lib
 from ncfm_jax import distill
 from ncfm_jax import execution
 from ncfm_jax import models
@@ -720,3 +721,23 @@ class _Cache:
     with open(tmp, "w") as f:
       json.dump(entries, f, indent=1, sort_keys=True)
     os.replace(tmp, self.path)
+
+
+def plan_from_registry(config) -> dict:
+  """The plan of one distillation step of `config` from the dataset registry's
+  shapes (nothing loaded), as plan.json holds it (with the dataset's shape)."""
+  shape = data_lib.dataset_shape(config.data)
+  d = capped_distill_config(config.distill, shape.smallest_class)
+  if d.batch_real < config.distill.batch_real:
+    print(f"[plan] distill.batch_real={config.distill.batch_real} capped at "
+          f"{d.batch_real}, the smallest class's training images", flush=True)
+  known = data_lib.DATASETS.get(shape.name)
+  spec = make_spec(config, num_classes=shape.num_classes, image_shape=shape.image_shape,
+                   train_images=shape.train_images, largest_class=shape.largest_class,
+                   mean=known.mean if known else None, std=known.std if known else None)
+  print(f"[plan] {shape.name}: {shape.num_classes} classes of {shape.image_shape}, "
+        f"{shape.train_images} training images ({shape.source}); training set "
+        f"{'on the device' if spec.data_on_device else 'streamed from the host'}", flush=True)
+  choice = choose(spec, d)
+  print(choice.summary(), flush=True)
+  return dict(choice.to_json(), dataset=shape._asdict())
