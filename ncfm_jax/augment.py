@@ -1,6 +1,8 @@
 """Differentiable Siamese augmentation (DSA family), random-resized-crop and CutMix
 (docs/design.md section 7).
 
+(Over 400 lines: each op with its range and the shared bilinear resampling.)
+
 Pure functions of `(key, images [B, H, W, C])` on normalised images, differentiable
 w.r.t. the pixels, jittable and vmappable; the strategy string is static (Python).
 

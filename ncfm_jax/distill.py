@@ -1,5 +1,8 @@
 """The NCFM min-max distillation step: a pure function of a state pytree.
 
+(Over 400 lines: the state, the all-classes step and the class-block step share
+the closures of one config; the release-behaviour options ride on them.)
+
 One step (docs/design.md section 4):
   1. pick a pool member uniformly and `b ~ U(0, 1)`; extractor = b*init + (1-b)*trained;
   2. per class, a fresh batch of `batch_real` real images and the class's decoded

@@ -1,5 +1,7 @@
 """Neural Characteristic Function Discrepancy (NCFD) and the MMD baseline.
 
+(Over 400 lines: mostly the public functions' docstrings and input validation.)
+
 Everything here is a pure, jittable function of feature matrices and frequencies
 (NCFM, CVPR 2025, section 4.2; docs/design.md section 2). Features are passed already
 L2-normalised by the caller; nothing here normalises them.

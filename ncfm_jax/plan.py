@@ -1,5 +1,9 @@
 """The memory planner: how one distillation step runs within a memory budget.
 
+(Over 400 lines: candidate generation, the compile-time footprint of the host
+block loop's pieces, timing and its cache, and --mode=plan belong together; to be
+split at the next change.)
+
 Four execution settings change how much memory a step needs but not what it
 computes (only the order of floating-point sums; all are runtime settings,
 `workdir.RUNTIME_KEYS`):

@@ -1,5 +1,8 @@
 """The paper, cell by cell: ``python -m ncfm_jax.reproduce --cells=... --out=DIR``.
 
+(Over 400 lines: cell parsing, budgets, the device estimate and table.md are one
+CLI; the estimate could move to its own module at the next change.)
+
 A cell is ``dataset:ipc=N`` (e.g. ``cifar10:ipc=10``), the run of the config
 ``configs/<dataset>.py:ipc=N`` (further config arguments may follow the ipc:
 ``fashion_mnist:ipc=10,quick``; the cell's ipc wins over a preset's). Each cell
