@@ -176,6 +176,15 @@ def evaluate(run, source: str) -> dict:
   return results
 
 
+def evaluate_for_mode(run, mode: str) -> None:
+  """`--mode=evaluate`: `eval.source` again; `--mode=all`: the missing runs of the
+  distilled set (and the baselines)."""
+  metrics = wd.read_json(run.path("metrics.json"), {})
+  for source in sources_for_mode(run.config, mode):
+    if mode == "evaluate" or distributed.agree(missing_runs(run.config, metrics, source)):
+      evaluate(run, source)
+
+
 def missing_runs(config, metrics: dict, source: str) -> bool:
   """True when `source` has fewer than `eval.num_eval` runs for some architecture."""
   section, entry = _section(source)

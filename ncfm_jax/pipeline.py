@@ -130,19 +130,9 @@ class Run:
                                        d.factor, d.init)
 
   def distill_config(self):
-    """`config.distill` with `batch_real` capped at the smallest class (as the release
-    slices each class's permutation), said once when it caps."""
-    d = self.config.distill.copy_and_resolve_references()
-    counts = np.bincount(self.dataset.train_labels, minlength=self.num_classes)
-    capped = data_lib.effective_batch_real(d.batch_real, counts)
-    if capped < d.batch_real:
-      print(f"[distill] distill.batch_real={d.batch_real} capped at {capped}, the "
-            f"smallest class's training images", flush=True)
-      d.batch_real = capped
-      if d.real_chunk and capped % d.real_chunk:
-        raise InputError(f"distill.real_chunk={d.real_chunk} must divide the capped "
-                         f"distill.batch_real={capped}")
-    return d
+    """`config.distill` with `batch_real` capped at the smallest class."""
+    return plan_lib.capped_distill_config(
+        self.config.distill, np.bincount(self.dataset.train_labels, minlength=self.num_classes))
 
   def planned_distill_config(self):
     """`distill_config()` with the memory plan applied (`plan.Planner`, once per run),
@@ -152,14 +142,13 @@ class Run:
     return self._planned
 
   def _plan(self, d):
-    counts = np.bincount(self.dataset.train_labels, minlength=self.num_classes)
-    spec = plan_lib.make_spec(self.config, num_classes=self.num_classes,
-                              image_shape=self.image_shape,
-                              train_images=int(self.dataset.train_images.shape[0]),
-                              largest_class=int(counts.max()), mean=self.mean, std=self.std)
     # Several devices (or processes) must run one program: no timing, which could
     # choose differently in each process.
-    choice = plan_lib.choose(spec, d, timed=self.mesh is None)
+    choice = plan_lib.choose(plan_lib.make_spec(
+        self.config, num_classes=self.num_classes, image_shape=self.image_shape,
+        train_images=int(self.dataset.train_images.shape[0]),
+        largest_class=int(np.bincount(self.dataset.train_labels).max()),
+        mean=self.mean, std=self.std), d, timed=self.mesh is None)
     print(choice.summary(), flush=True)
     os.makedirs(self.workdir, exist_ok=True)
     wd.write_json(self.path("plan.json"), choice.to_json())
@@ -217,12 +206,9 @@ class Run:
     wd.save_distilled(self.workdir, sharding.to_host(state.syn_images), d.factor,
                       self.dataset.class_names, history)
     distributed.barrier("ncfm:distilled.npz written")  # evaluation reads it everywhere
-    steps_run = len(history["loss"])
-    summary = {"steps": steps_run, "seconds": history["seconds"],
-               "seconds_per_step": history["seconds"] / max(1, steps_run),
-               "final_loss": float(np.mean(history["loss"][-10:])) if steps_run else None}
+    summary = wd.distill_summary(history)
     wd.update_metrics(self.workdir, distill=summary)
-    print(f"[distill] {steps_run} steps in {format_seconds(summary['seconds'])} "
+    print(f"[distill] {summary['steps']} steps in {format_seconds(summary['seconds'])} "
           f"({summary['seconds_per_step']:.3f} s/step)", flush=True)
     return summary
 
@@ -234,8 +220,11 @@ def run(config, workdir: str, mode: str = "all") -> dict:
   validate_config(config, model_names=models.MODEL_NAMES,
                   eval_sources=tuple(evaluation.EVAL_SOURCES))
   known = wd.check_config(workdir, config)
-  if mode == "plan":
-    return plan_step(config, workdir)
+  if mode == "plan":  # from the registry's shapes: nothing loaded
+    result = plan_lib.plan_from_registry(config)
+    os.makedirs(workdir, exist_ok=True)
+    wd.write_json(os.path.join(workdir, "plan.json"), result)
+    return result
   r = Run(config, workdir)  # loads the data: bad data fails before anything is written
   evaluation.check_settings(r, evaluation.sources_for_mode(config, mode))
   if mode == "distill" or (mode == "all" and not distributed.agree(
@@ -251,22 +240,8 @@ def run(config, workdir: str, mode: str = "all") -> dict:
   distilled = distributed.agree(os.path.exists(r.path("distilled.npz")))
   if mode == "distill" or (mode == "all" and not distilled):
     r.distill()
-  if mode == "evaluate":
-    evaluation.evaluate(r, config.eval.source)
-  elif mode == "all":
-    metrics = wd.read_json(r.path("metrics.json"), {})
-    for source in evaluation.sources_for_mode(config, mode):
-      if distributed.agree(evaluation.missing_runs(config, metrics, source)):
-        evaluation.evaluate(r, source)
+  evaluation.evaluate_for_mode(r, mode)
   metrics = wd.read_json(r.path("metrics.json"), {})
   evaluation.print_summary(metrics)
   return metrics
 
-
-def plan_step(config, workdir: str) -> dict:
-  """`--mode=plan`: plans one distillation step of `config` from the dataset
-  registry's shapes (nothing loaded) and writes `workdir/plan.json`; returns it."""
-  result = plan_lib.plan_from_registry(config)
-  os.makedirs(workdir, exist_ok=True)
-  wd.write_json(os.path.join(workdir, "plan.json"), result)
-  return result

@@ -194,10 +194,22 @@ def make_spec(config, *, num_classes: int, image_shape, train_images: int,
       model_config={k: m[k] for k in ("name", "width", "depth", "norm")})
 
 
-def capped_distill_config(distill_config, smallest_class: int):
-  """`distill_config` with `batch_real` capped at the smallest class (as the pipeline)."""
+def capped_distill_config(distill_config, class_counts, *, tag: str = "distill"):
+  """`distill_config` with `batch_real` capped at the smallest class (as the release
+  slices each class's permutation; `data.effective_batch_real`), said once when it caps.
+
+  Raises:
+    InputError: an explicit `real_chunk` does not divide the capped batch.
+  """
   d = distill_config.copy_and_resolve_references()
-  d.batch_real = min(int(d.batch_real), int(smallest_class))
+  capped = data_lib.effective_batch_real(d.batch_real, class_counts)
+  if capped < d.batch_real:
+    print(f"[{tag}] distill.batch_real={d.batch_real} capped at {capped}, the "
+          f"smallest class's training images", flush=True)
+    d.batch_real = capped
+    if d.real_chunk and capped % d.real_chunk:
+      raise InputError(f"distill.real_chunk={d.real_chunk} must divide the capped "
+                       f"distill.batch_real={capped}")
   return d
 
 
@@ -731,10 +743,7 @@ def plan_from_registry(config) -> dict:
   """The plan of one distillation step of `config` from the dataset registry's
   shapes (nothing loaded), as plan.json holds it (with the dataset's shape)."""
   shape = data_lib.dataset_shape(config.data)
-  d = capped_distill_config(config.distill, shape.smallest_class)
-  if d.batch_real < config.distill.batch_real:
-    print(f"[plan] distill.batch_real={config.distill.batch_real} capped at "
-          f"{d.batch_real}, the smallest class's training images", flush=True)
+  d = capped_distill_config(config.distill, [shape.smallest_class], tag="plan")
   known = data_lib.DATASETS.get(shape.name)
   spec = make_spec(config, num_classes=shape.num_classes, image_shape=shape.image_shape,
                    train_images=shape.train_images, largest_class=shape.largest_class,

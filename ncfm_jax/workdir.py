@@ -220,3 +220,11 @@ def save_distilled(workdir: str, syn_images: np.ndarray, factor: int, class_name
                   decoded.reshape((classes, -1) + decoded.shape[1:]))
   if history["loss"]:
     save_loss_plot(os.path.join(workdir, "loss.png"), history)
+
+
+def distill_summary(history: dict) -> dict:
+  """metrics.json's `distill` entry from the checkpointed history."""
+  steps = len(history["loss"])
+  return {"steps": steps, "seconds": history["seconds"],
+          "seconds_per_step": history["seconds"] / max(1, steps),
+          "final_loss": float(np.mean(history["loss"][-10:])) if steps else None}

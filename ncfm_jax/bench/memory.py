@@ -60,7 +60,8 @@ def plan_cell(dataset: str, ipc: int, budgets_gb: Sequence[float], *,
   the chosen plan and its planned GB (or why none fits)."""
   config = cell_config(dataset, ipc, batch_real)
   shape = sources.dataset_shape(config.data)
-  d = plan_lib.capped_distill_config(config.distill, shape.smallest_class)
+  d = plan_lib.capped_distill_config(config.distill, [shape.smallest_class],
+                                       tag="bench memory")
   spec = plan_lib.make_spec(config, num_classes=shape.num_classes,
                             image_shape=shape.image_shape, train_images=shape.train_images,
                             largest_class=shape.largest_class)
