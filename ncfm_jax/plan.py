@@ -27,7 +27,9 @@ XLA's compile-time memory analysis:
   each jitted piece (begin, zeros, block_gradients, finish) its own temp +
   argument + output - alias bytes plus every array the host holds meanwhile
   that is not its argument (state, pool, training set, the step's draws, the
-  gradient sum); the plan needs the largest of these.
+  gradient sum); the plan needs the largest of these;
+* on CPU with tcmalloc preloaded the temp bytes count twice (`temp_factor`: the
+  allocator keeps a freed temporary mapped while the next call maps its own).
 
 Not counted: the host's copy of the dataset, compiled code, the runtime's own
 allocations (on CPU these all share the RAM with the plan).
@@ -38,13 +40,14 @@ at once, then the real forward in passes with chunked frequencies, then the
 synthetic passes recomputed too), the largest block size K of a ladder of
 divisors of C (C, ~C/2, ~C/4, ..., 1) that fits, by bisection (memory falls with
 K); a slower policy's plan is kept only when it allows a larger K than every
-faster one, and on CPU the fastest policy is also tried at the largest smaller K
-whose synthetic passes are cache-sized. When several fit, each is timed once on
-random data (a couple of calls of its compiled step, or for the host loop of its
-pieces: begin + zeros + blocks x block_gradients + finish) and the fastest wins:
-on CPU a cache-sized block can beat one big batch, so "fewest blocks" is not
-assumed. Without timing (several devices, `bench memory`) the first candidate
-is taken.
+faster one (on CPU the smallest such K: the host loop's cost per block is small,
+and a small block is quick to time), and on CPU the fastest policy is also tried
+at the largest smaller K whose synthetic passes are cache-sized. When several
+fit, each is timed once on random data (the fastest of a few calls of its
+compiled step, or for the host loop of its pieces: begin + zeros + blocks x
+block_gradients + finish) and the fastest wins: on CPU a cache-sized block can
+beat one big batch, so "fewest blocks" is not assumed. Without timing (several
+devices, `bench memory`) the first candidate is taken.
 Analyses and timings are cached per (config, shapes, plan, device kind, code) in
 a JSON file (`cache_path`), so a second run plans without compiling. Explicit
 `class_block`, `real_chunk`, `syn_chunk` (with `remat_syn`), `freq_chunk` and
@@ -80,6 +83,10 @@ ACCELERATOR_BUDGET_FRACTION = 0.9
 CPU_BUDGET_FRACTION = 0.5
 FREQ_CHUNK = 512
 """Frequencies per NCFD block in the memory-frugal policies."""
+TIMED_CALLS = 3
+"""Calls of a candidate's step (or host-loop block) when timing it; the fastest counts."""
+TIMING_SECONDS = 120.0
+"""No further call of a candidate once its calls took this long."""
 ACCELERATOR_PASS_PIXELS = 1024 * 32 * 32
 """Pixels per bounded forward pass on GPU/TPU (1024 CIFAR-sized images)."""
 
@@ -250,6 +257,19 @@ def block_ladder(num_classes: int) -> list[int]:
   return out
 
 
+def temp_factor(backend: str | None = None) -> int:
+  """Temporary buffers' worth of memory a piece holds: 2 on CPU with tcmalloc
+  preloaded (`ncfm_jax.allocator`), else 1.
+
+  tcmalloc keeps a freed temporary buffer mapped and the next call of the same
+  piece maps another; glibc's malloc returns it, and maps it afresh (slower) every
+  call. README, "Memory plans", gives the measurement.
+  """
+  if (backend or jax.default_backend()) != "cpu":
+    return 1
+  return 2 if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else 1
+
+
 # ------------------------------------------------------------------ abstract inputs
 def _nbytes(tree) -> int:
   return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
@@ -359,6 +379,7 @@ class Planner:
     self._compiled: dict[Plan, dict] = {}
     self._shared: dict[str, Any] = {}
     self._inputs = _abstract_inputs(spec, self.config)
+    self.temp_factor = temp_factor(self.backend)
 
   # ------------------------------------------------------------- candidates
   def ladder(self) -> list[int]:
@@ -468,8 +489,8 @@ class Planner:
           self._shared[name] = compiled
       figures[name] = _xla(compiled)
       f = figures[name]
-      totals[name] = (piece.held + f["argument_bytes"] + f["temp_bytes"] + f["output_bytes"]
-                      - f["alias_bytes"])
+      totals[name] = (piece.held + f["argument_bytes"] + self.temp_factor * f["temp_bytes"]
+                      + f["output_bytes"] - f["alias_bytes"])
       executables[name] = (compiled, piece.args, piece.steps)
     seconds = time.perf_counter() - start
     peak = max(totals, key=totals.get)
@@ -482,6 +503,11 @@ class Planner:
     self.log(f"[plan] {plan.describe(self.spec.num_classes)}: "
              f"{footprint.planned_bytes / GB:.2f} GB (compiled in {seconds:.1f}s)")
     return footprint
+
+  def compile_stats(self) -> tuple[int, float]:
+    """(plans compiled here, seconds spent compiling them)."""
+    compiled = [f.compile_seconds for f in self._evaluated.values() if f.compile_seconds]
+    return len(compiled), float(sum(compiled))
 
   def _largest_fitting(self, policy: Callable[[int], Plan], budget: int) -> Plan | None:
     """The plan of the largest K on the ladder that fits `budget` (bisection: memory
@@ -501,22 +527,37 @@ class Planner:
 
   def candidates(self, budget: int) -> list[Plan]:
     """The fitting plans worth timing, in the order tried: the fastest policy at its
-    largest fitting K (on CPU first at the largest smaller K whose synthetic passes
-    are cache-sized, when that differs), then a slower policy's plan only when its
-    K is larger than every earlier one's."""
+    largest fitting K (on CPU then also at the largest smaller K whose synthetic
+    passes are cache-sized, when that differs), then a slower policy's plan only
+    when its K is larger than every earlier one's. On CPU, where the host loop's cost per
+    block is small, a slower policy is tried at the smallest such K (the first
+    fitting one above), which is also the cheapest to time."""
     out, best_k = [], 0
+    cpu = self.backend == "cpu"
     for i, policy in enumerate(self.policies()):
-      plan = self._largest_fitting(policy, budget)
+      if i > 0 and cpu and best_k:
+        plan = self._smallest_fitting_above(policy, best_k, budget)
+      else:
+        plan = self._largest_fitting(policy, budget)
       if plan is None or plan.class_block <= best_k or plan in out:
         continue
-      if i == 0 and self.backend == "cpu":
+      out.append(plan)
+      if i == 0 and cpu:
         cached = self._cache_sized(policy, plan.class_block)
         if (cached is not None and cached != plan
             and self.evaluate(cached).planned_bytes <= budget):
           out.append(cached)
-      out.append(plan)
       best_k = plan.class_block
     return out
+
+  def _smallest_fitting_above(self, policy: Callable[[int], Plan], k: int,
+                              budget: int) -> Plan | None:
+    """`policy` at the smallest ladder K > `k`, if it fits (a larger K needs more)."""
+    above = [x for x in self.ladder() if x > k]
+    if not above:
+      return None
+    plan = policy(min(above))
+    return plan if self.evaluate(plan).planned_bytes <= budget else None
 
   def _cache_sized(self, policy: Callable[[int], Plan], largest: int) -> Plan | None:
     """`policy` at the largest ladder K <= `largest` whose synthetic pass (syn_chunk
@@ -536,17 +577,22 @@ class Planner:
 
   # ---------------------------------------------------------------- timing
   def seconds_per_step(self, plan: Plan, *, stop_above: float | None = None) -> float:
-    """Seconds per step of `plan` on random data (cached): its compiled step called
-    twice (the second timed; a first call over 20 s is not repeated), or for the
-    host loop its pieces: begin + zeros + blocks x block_gradients + finish.
+    """Seconds per step of `plan` on random data (cached): the fastest of up to
+    `TIMED_CALLS` calls of its compiled step, or for the host loop begin + zeros +
+    blocks x (the fastest block_gradients call) + finish. First calls page fresh
+    memory in and ran up to 3x slower on the 2-core CPU; the minimum also resists
+    other processes' load. Calls stop once `TIMING_SECONDS` are spent.
 
-    `stop_above`: once the first call shows the plan slower than this, stop and
-    return that lower bound (not cached): a slow candidate costs one call.
+    `stop_above`: when the first call already puts the plan at over 3x this, stop
+    and return that figure (not cached): a hopeless candidate costs one call.
     """
     key = self._key(plan)
-    cached = self.cache.get(key)
-    if cached is not None and cached.get("seconds_per_step") is not None:
+    cached = self.cache.get(key) or {}
+    if cached.get("seconds_per_step") is not None:
       return cached["seconds_per_step"]
+    hopeless = 3 * stop_above if stop_above is not None else float("inf")
+    if cached.get("one_call_seconds_per_step", 0) > hopeless:
+      return cached["one_call_seconds_per_step"]  # already seen to be hopeless
     self.evaluate(plan, compile_=True)
     executables = self._compiled.pop(plan)
     spec, inputs = self.spec, self._inputs
@@ -555,36 +601,44 @@ class Planner:
     state = distill.init_state(rng, syn, spec.feature_dim,
                                plan.apply(self.config, spec.num_classes))
     pool = _concrete(inputs.pool, jax.random.PRNGKey(1))
-    stop_above = float("inf") if stop_above is None else stop_above
+
+    def fastest(call, scale):
+      times = []
+      while len(times) < TIMED_CALLS and sum(times) < TIMING_SECONDS:
+        times.append(_timed(call)[1])
+        if scale * times[0] > hopeless:
+          break
+      return min(times)
+
     if "step" in executables:
       compiled, args, steps = executables["step"]
       source = self._valid_indices(_concrete(args[2], jax.random.PRNGKey(2)))
-      times = []
-      for _ in range(2):
-        (state, _), t = _timed(lambda: compiled(state, pool, source))
-        times.append(t / steps)
-        if times[0] > 20 or times[0] > stop_above:
-          break
-      seconds = times[-1]
+
+      def step_call():
+        nonlocal state
+        state, metrics = compiled(state, pool, source)
+        return state, metrics
+      seconds = fastest(step_call, 1.0 / steps) / steps
     else:
       run = {name: compiled for name, (compiled, _, _) in executables.items()}
       source = self._valid_indices(_concrete(inputs.source, jax.random.PRNGKey(2)))
       num_blocks = spec.num_classes // plan.class_block
       draws, t_begin = _timed(lambda: run["begin"](state, pool))
       summed, t_zeros = _timed(lambda: run["zeros"](state.syn_images, draws))
-      times = []
-      for b in range(2):
-        summed, t = _timed(lambda b=b: run["block_gradients"](
-            summed, state.syn_images, source, state.key, state.step, draws,
-            jnp.int32(b % num_blocks)))
-        times.append(t)
-        if times[0] > 20 or num_blocks * times[0] > stop_above:
-          break
+      calls = iter(range(10**9))
+
+      def block_call():
+        nonlocal summed
+        summed = run["block_gradients"](summed, state.syn_images, source, state.key,
+                                        state.step, draws, jnp.int32(next(calls) % num_blocks))
+        return summed
+      block = fastest(block_call, num_blocks)
       _, t_finish = _timed(lambda: run["finish"](state, summed))
-      seconds = t_begin + t_zeros + num_blocks * times[-1] + t_finish
-    if seconds > stop_above:
-      self.log(f"[plan] {plan.describe(spec.num_classes)}: over {seconds:.3g} s/step "
-               f"(timing stopped: slower than {stop_above:.3g})")
+      seconds = t_begin + t_zeros + num_blocks * block + t_finish
+    if seconds > hopeless:
+      self.cache.update(key, one_call_seconds_per_step=seconds)
+      self.log(f"[plan] {plan.describe(spec.num_classes)}: about {seconds:.3g} s/step "
+               f"from one call (timing stopped: over 3x the best, {stop_above:.3g})")
       return seconds
     self.cache.update(key, seconds_per_step=seconds)
     self.log(f"[plan] {plan.describe(spec.num_classes)}: {seconds:.3g} s/step (timed)")
@@ -625,7 +679,7 @@ class Planner:
              "seconds_per_step": seconds.get(p)} for p in found]
     footprint = self.evaluate(chosen)
     return PlanChoice(chosen, footprint, budget, self.backend, rows, int(self.config.batch_real),
-                      self.spec.num_classes)
+                      self.spec.num_classes, self.temp_factor)
 
   # ---------------------------------------------------------------- cache key
   def _key(self, plan: Plan) -> str:
@@ -637,6 +691,7 @@ class Planner:
     spec = self.spec._asdict()
     spec.pop("model")
     identity = {"backend": self.backend, "device": device.device_kind, "jax": jax.__version__,
+                "temp_factor": self.temp_factor,
                 "code": _code_hash(), "spec": spec, "distill": d, "plan": plan._asdict()}
     return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -650,6 +705,7 @@ class PlanChoice(NamedTuple):
   candidates: list
   batch_real: int
   num_classes: int
+  temp_factor: int
 
   def to_json(self) -> dict:
     """plan.json: budget_gb, planned_gb, plan, backend, xla (of the peak piece), ..."""
@@ -659,6 +715,7 @@ class PlanChoice(NamedTuple):
             "backend": self.backend,
             "xla": self.footprint.xla,
             "peak_piece": self.footprint.peak_piece,
+            "temp_factor": self.temp_factor,
             "pieces_gb": {k: v / GB for k, v in self.footprint.pieces.items()},
             "batch_real": self.batch_real,
             "candidates": self.candidates,

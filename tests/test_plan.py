@@ -75,8 +75,8 @@ def test_a_small_budget_is_honoured_and_its_step_equals_the_unbounded_step(plann
   assert choice.footprint.planned_bytes == max(choice.footprint.pieces.values())
   peak = choice.footprint.xla
   assert choice.footprint.planned_bytes == (
-      held[choice.footprint.peak_piece] + peak["argument_bytes"] + peak["temp_bytes"]
-      + peak["output_bytes"] - peak["alias_bytes"])
+      held[choice.footprint.peak_piece] + peak["argument_bytes"]
+      + planner.temp_factor * peak["temp_bytes"] + peak["output_bytes"] - peak["alias_bytes"])
 
   # One step of the chosen plan == one unbounded step (float32 summation order only).
   spec, d = planner.spec, planner.config
@@ -170,6 +170,13 @@ def test_pass_policies_per_backend_go_from_fast_to_frugal():
                                                                     plan_lib.FREQ_CHUNK)
   assert not recomputed.remat_syn  # 160 images fit one accelerator pass: none to recompute
   assert whole.class_block == passes.class_block == recomputed.class_block == 4
+
+
+def test_temporaries_count_twice_on_cpu_under_tcmalloc(monkeypatch):
+  monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+  assert plan_lib.temp_factor("cpu") == 2 and plan_lib.temp_factor("gpu") == 1
+  monkeypatch.setenv("LD_PRELOAD", "")
+  assert plan_lib.temp_factor("cpu") == 1
 
 
 def test_mode_plan_writes_plan_json_from_the_registry_without_loading_data(

@@ -82,21 +82,20 @@ def plan_cell(dataset: str, ipc: int, budgets_gb: Sequence[float], *,
     try:
       choice = planner.choose(int(gb * plan_lib.GB), timed=timed)
     except InputError as err:
-      row["budgets"][str(gb)] = {"planned_gb": None, "error": str(err)}
+      row["budgets"][f"{gb:g}"] = {"planned_gb": None, "error": str(err)}
       continue
-    row["budgets"][str(gb)] = {
+    row["budgets"][f"{gb:g}"] = {
         "planned_gb": choice.footprint.planned_bytes / plan_lib.GB,
         "plan": choice.plan._asdict(), "short": choice.plan.short(shape.num_classes),
         "xla": choice.footprint.xla, "peak_piece": choice.footprint.peak_piece,
         "candidates": choice.candidates}
-  row["compiles"] = sum(1 for f in planner._evaluated.values() if f.compile_seconds)  # pylint: disable=protected-access
-  row["compile_seconds"] = sum(f.compile_seconds for f in planner._evaluated.values())  # pylint: disable=protected-access
+  row["compiles"], row["compile_seconds"] = planner.compile_stats()
   row["seconds"] = time.perf_counter() - start
   return row
 
 
 def markdown(rows: Sequence[dict[str, Any]], budgets_gb: Sequence[float]) -> str:
-  """The table: one row per cell, planned GB (and the plan) per budget."""
+  """The table: one row per cell, planned GB (and the plan, `Plan.short`) per budget."""
   head = ["cell", "B", "unbounded GB", "all classes, default passes GB"]
   head += [f"budget {gb:g} GB" for gb in budgets_gb]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -104,9 +103,10 @@ def markdown(rows: Sequence[dict[str, Any]], budgets_gb: Sequence[float]) -> str
     cells = [f"{r['dataset']} ipc {r['ipc']}", str(r["batch_real"]),
              f"{r['unbounded_gb']:.1f}", f"{r['all_classes_default_passes_gb']:.1f}"]
     for gb in budgets_gb:
-      b = r["budgets"][str(gb)]
-      cells.append("does not fit" if b["planned_gb"] is None
-                   else f"{b['planned_gb']:.2f} ({b['short']})")
+      b = r["budgets"][f"{gb:g}"]
+      short = (None if b["planned_gb"] is None
+               else plan_lib.Plan(**b["plan"]).short(r["classes"]))
+      cells.append("does not fit" if short is None else f"{b['planned_gb']:.2f} ({short})")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 

@@ -4,8 +4,12 @@ Seconds per step, FLOPs per step (XLA's cost analysis), the achieved FLOP rate
 against this device's dense matmul rate, and peak memory, for the workloads of
 `WORKLOADS` (the paper's Table 3 settings). Random uint8 images stand in for the
 dataset and randomly initialised ConvNets for the pool: the content of either
-does not change the cost of a step. Each workload runs in a fresh subprocess
-(peak memory is per process). `scaling` reuses `Workload`, `setup` and
+does not change the cost of a step. The step runs as the pipeline runs it: with
+the memory planner's plan (`ncfm_jax.plan`, budget `distill.memory_budget_gb`,
+default half the RAM on CPU) through `execution.make_run_steps` (on CPU, class
+blocks as a host loop of jitted pieces); ``--plan=off`` runs the config as given
+(all classes in one step). Each workload runs in a fresh subprocess (peak memory
+is per process), and the planner's trials in a child of it. `scaling` reuses `Workload`, `setup` and
 `distill_config`.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 from typing import Any
 
 import jax
@@ -24,6 +29,7 @@ from ncfm_jax import config_lib
 from ncfm_jax import distill
 from ncfm_jax import execution
 from ncfm_jax import models
+from ncfm_jax import plan as plan_lib
 from ncfm_jax import train as train_lib
 from ncfm_jax.bench import common
 from ncfm_jax.data import sampling
@@ -120,12 +126,13 @@ def flops_per_step(workload: Workload, steps_per_call: int, use_scan: bool,
   Lowered, not compiled: the same count on every backend (after compilation,
   GPU convolutions become cuDNN calls that the analysis does not count), and
   no extra compile. The single step is analysed because a scan's (or a
-  ``lax.map``'s) body is counted once: the step is built unchunked and without
-  ``remat_syn``'s recomputation (not useful work) to count the same math.
+  ``lax.map``'s) body is counted once: the step is built unchunked, all classes in
+  one step and without ``remat_syn``'s recomputation (not useful work) to count the
+  same math whatever the plan.
   """
   unchunked = distill_config(workload, steps_per_call=steps_per_call, use_scan=use_scan,
                              **dict(overrides, real_chunk=0, syn_chunk=0, freq_chunk=None,
-                                    remat_syn=False))
+                                    remat_syn=False, class_block=0))
   *_, plain_step = setup(workload, unchunked)
   step = execution.make_run_steps(plain_step, unchunked, 1).jitted(state, data, single_step=True)
   cost = step.lower(state, pool, data).cost_analysis()
@@ -133,18 +140,72 @@ def flops_per_step(workload: Workload, steps_per_call: int, use_scan: bool,
   return float(cost.get("flops", 0.0))
 
 
+def workload_spec(workload: Workload, config) -> plan_lib.StepSpec:
+  """The planner's view of `workload` (its random training set sits on the device)."""
+  full = config_lib.base_config()
+  full.model.width, full.model.depth = workload.width, workload.depth
+  full.pretrain.num_models = workload.pool_size
+  full.distill = config
+  return plan_lib.make_spec(
+      full, num_classes=workload.classes,
+      image_shape=(workload.image_size, workload.image_size, workload.channels),
+      train_images=workload.classes * workload.images_per_class,
+      largest_class=workload.images_per_class, mean=(0.5,) * workload.channels,
+      std=(0.25,) * workload.channels)
+
+
+def reference_plans(workload: Workload, config) -> dict[str, float]:
+  """Planned GB without planning: everything at once (``unbounded``) and all
+  classes at once with this backend's default pass sizes."""
+  planner = plan_lib.Planner(workload_spec(workload, config), config)
+  unbounded = planner.evaluate(planner.unbounded()).planned_bytes
+  default = planner.evaluate(planner.policies()[0](workload.classes)).planned_bytes
+  return {"unbounded_planned_gb": unbounded / plan_lib.GB,
+          "all_classes_default_passes_planned_gb": default / plan_lib.GB}
+
+
+def _plan_in_child(workload: Workload, config: dict) -> None:
+  plan_lib.choose(workload_spec(workload, ml_collections.ConfigDict(config)),
+                  ml_collections.ConfigDict(config))
+
+
+def planned_config(workload: Workload, config) -> tuple[Any, dict[str, Any]]:
+  """`config` with the planner's plan applied, and the row's plan entries.
+
+  Where the planner caches its choices, the candidates are compiled and timed in
+  a child process first, so that neither their memory nor their code counts in
+  this process's peak; the choice here then comes from the cache.
+  """
+  if plan_lib.default_cache_path():
+    child = multiprocessing.get_context("spawn").Process(
+        target=_plan_in_child, args=(workload, config.to_dict()))
+    child.start()
+    child.join()
+  choice = plan_lib.choose(workload_spec(workload, config), config)
+  print(choice.summary(), flush=True)
+  entries = dict(plan=choice.to_json(),
+                 planned_gb=choice.footprint.planned_bytes / plan_lib.GB,
+                 **reference_plans(workload, config))
+  return choice.plan.apply(config, workload.classes), entries
+
+
 def measure(workload: Workload, steps_per_call: int, repeats: int, use_scan: bool,
-            unroll: int = 1, **overrides: Any) -> dict[str, Any]:
-  """Times `repeats` calls of `steps_per_call` steps after one warm-up call.
+            unroll: int = 1, plan: bool = True, **overrides: Any) -> dict[str, Any]:
+  """Times `repeats` calls of `steps_per_call` steps after one warm-up call, with
+  the planner's plan (`plan`), else the config as given.
 
   Returns:
     One row: ``seconds_per_step`` (median, min, max), ``first_call_seconds``
     (compile + one call), ``gflops_per_step``, ``achieved_gflops``,
     ``matmul_gflops``, ``fraction_of_matmul`` (achieved / matmul),
-    ``peak_memory_mb`` and the last step's loss.
+    ``peak_memory_mb``, the last step's loss, and ``plan`` / ``planned_gb`` (None
+    without planning) with the unplanned steps' planned GB.
   """
   config = distill_config(workload, steps_per_call=steps_per_call,
                           use_scan=use_scan, unroll=unroll, **overrides)
+  plan_entries: dict[str, Any] = {"plan": None, "planned_gb": None}
+  if plan:
+    config, plan_entries = planned_config(workload, config)
   state, pool, data, step_fn = setup(workload, config)
   flops = flops_per_step(workload, steps_per_call, use_scan, overrides, state, pool, data)
   run = common.ThreadedRun(execution.make_run_steps(step_fn, config, steps_per_call).run,
@@ -168,6 +229,7 @@ def measure(workload: Workload, steps_per_call: int, repeats: int, use_scan: boo
       "fraction_of_matmul": achieved / matmul,
       "peak_memory_mb": common.peak_memory_mb(),
       "final_loss": float(np.asarray(run.outputs[1]["loss"])[-1]),
+      **plan_entries,
   }
 
 
@@ -188,6 +250,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--unroll", type=int, default=1)
   parser.add_argument("--set", action="append", default=[],
                       help="distill config override KEY=VALUE (e.g. freq_chunk=1024)")
+  parser.add_argument("--plan", choices=("auto", "off"), default="auto",
+                      help="auto: the memory planner's plan (as the pipeline); off: the "
+                           "config as given, all classes in one step")
   parser.add_argument("--in-process", action="store_true",
                       help="no subprocess per workload (peak memory then accumulates)")
   parser.add_argument("--single", default=None, help=argparse.SUPPRESS)
@@ -210,7 +275,7 @@ def _measure_named(args: argparse.Namespace, name: str) -> dict[str, Any]:
   use_scan = execution.resolve_use_scan(None if args.scan == "auto" else args.scan == "true")
   overrides = dict(_parse_override(item) for item in args.set)
   row = measure(workload, args.steps_per_call, args.repeats, use_scan,
-                unroll=args.unroll, **overrides)
+                unroll=args.unroll, plan=args.plan == "auto", **overrides)
   row.update(common.environment(), overrides=overrides)
   return row
 
@@ -221,6 +286,8 @@ def _print_table(rows: list[dict[str, Any]], steps_per_call: int) -> None:
                 first_call_s=r["first_call_seconds"], gflop_per_step=r["gflops_per_step"],
                 achieved_gflops=r["achieved_gflops"], matmul_gflops=r["matmul_gflops"],
                 ratio=r["fraction_of_matmul"], peak_mb=r["peak_memory_mb"],
+                planned_mb=None if r.get("planned_gb") is None else r["planned_gb"] * 1024,
+                plan=(r.get("plan") or {}).get("described", "as given"),
                 scan=r["use_scan"]) for r in rows]
   print()
   print(common.markdown_table(table, list(table[0])))
@@ -229,7 +296,8 @@ def _print_table(rows: list[dict[str, Any]], steps_per_call: int) -> None:
         f"{steps_per_call} steps; first_call_s: compile + the warm-up call; "
         "gflop_per_step: XLA cost analysis of one step; ratio = achieved / matmul "
         "(float32 matmul, 2048^3 on CPU and 8192^3 (TF32) on GPU, measured in the same "
-        "process); peak_mb: peak host RSS on CPU, peak_bytes_in_use on GPU.")
+        "process); peak_mb: peak host RSS on CPU, peak_bytes_in_use on GPU; planned_mb: "
+        "XLA's compile-time plan of the chosen step (--plan=auto).")
 
 
 def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -255,7 +323,7 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
         f"{env['cpu_count']} CPUs; load avg {env['load_avg_1m']}; {env['date']}",
         flush=True)
   passthrough = [f"--steps-per-call={args.steps_per_call}", f"--repeats={args.repeats}",
-                 f"--scan={args.scan}", f"--unroll={args.unroll}"]
+                 f"--scan={args.scan}", f"--unroll={args.unroll}", f"--plan={args.plan}"]
   passthrough += ["--small"] if args.small else []
   passthrough += [f"--set={item}" for item in args.set]
   rows = []
