@@ -15,6 +15,7 @@ from ncfm_jax import execution
 from ncfm_jax import pipeline
 from ncfm_jax import plan as plan_lib
 from ncfm_jax import train as train_lib
+from ncfm_jax.bench import common
 from ncfm_jax.data import sampling
 from ncfm_jax.data import sources
 from ncfm_jax.errors import InputError
@@ -244,3 +245,17 @@ def test_a_run_whose_budget_fits_no_plan_stops_before_any_work(tmp_path, monkeyp
   with pytest.raises(InputError, match="fits no plan"):
     pipeline.run(_fashion_tiny(), str(workdir), mode="all")
   assert not workdir.exists() or not any(workdir.iterdir())
+
+
+def test_random_training_set_holds_only_its_bytes():
+  """The timing's stand-in training set: Tiny ImageNet's 1.2e9 uint8 drawn with
+  jax.random.bits held over 22 GB on CPU (killed by the OOM killer)."""
+  size = 200_000_000
+  plan_lib._concrete(jax.ShapeDtypeStruct((8,), jnp.uint8), jax.random.PRNGKey(1))  # warm-up
+  with common.RssWindow() as window:
+    data = jax.block_until_ready(
+        plan_lib._concrete(jax.ShapeDtypeStruct((size,), jnp.uint8), jax.random.PRNGKey(0)))
+  if not window.exact:
+    pytest.skip("peak RSS cannot be reset here")
+  assert data.dtype == jnp.uint8 and data.shape == (size,)
+  assert window.increase_bytes < 4 * size, window.increase_bytes / size
