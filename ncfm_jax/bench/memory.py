@@ -156,14 +156,3 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
     print(f"rows written to {args.json}")
   return rows
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m ncfm_jax.bench memory",
-                                   description=__doc__.splitlines()[0])
-  add_arguments(parser)
-  run_from_args(parser.parse_args(argv))
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

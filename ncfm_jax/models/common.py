@@ -94,7 +94,7 @@ class InstanceNorm(nn.InstanceNorm):
   gradient of ConvNet-3 width 128, 100 images, XLA:CPU) it is as fast as a hand-written
   version with plain reductions and faster as a single layer; flax's default one-pass
   variance is slower there. Figures and command: results/bench_norm_cpu_2026-12-02.json
-  (`python -m ncfm_jax.bench_norm`).
+  (`python -m ncfm_jax.bench norm`).
   """
   epsilon: float = NORM_EPSILON
   use_fast_variance: bool = False
