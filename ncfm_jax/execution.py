@@ -214,6 +214,9 @@ def make_run_steps(distill_step, distill_config, num_steps: int, *,
   distill_step = getattr(distill_step, "step", distill_step)
   requested_block = int(distill_config.get("class_block") or 0)
   block_loop = resolve_block_loop(distill_config.get("block_loop"))
+  if requested_block and blocks is None:  # a bare step would silently run all classes
+    raise ValueError(f"distill.class_block={requested_block} needs the DistillStep of "
+                     "distill.make_distill_step (its blocks), not a bare step function")
   if requested_block and blocks is not None and block_loop == "host" and mesh is None:
     return _host_run_steps(blocks, distill_config, num_steps)
   if requested_block and blocks is not None:

@@ -102,7 +102,8 @@ def distill_config(workload: Workload, **overrides: Any) -> ml_collections.Confi
 
 
 def setup(workload: Workload, config: ml_collections.ConfigDict):
-  """``(state, pool, data, step_fn)`` for `workload` with random content.
+  """``(state, pool, data, step_fn)`` for `workload` with random content
+  (`step_fn`: a `distill.DistillStep`).
 
   data: `sampling.ClassIndexedData` of ``images_per_class`` random uint8
   images per class; pool: ``pool_size`` random (pretrained, current) ConvNet
@@ -126,7 +127,8 @@ def setup(workload: Workload, config: ml_collections.ConfigDict):
   syn = jax.random.uniform(jax.random.PRNGKey(1), (workload.classes, workload.ipc) + shape)
   state = distill.init_state(jax.random.PRNGKey(0), syn, feature_dim, config)
   mean, std = (0.5,) * workload.channels, (0.25,) * workload.channels
-  step_fn = distill.make_distill_step(model, config, mean, std, feature_dim).step
+  # The DistillStep, not its .step: a plan's class blocks run through its blocks.
+  step_fn = distill.make_distill_step(model, config, mean, std, feature_dim)
   return state, pool, data, step_fn
 
 
