@@ -4,7 +4,9 @@ import itertools
 
 import jax
 import numpy as np
+import pytest
 
+import _tiny
 from ncfm_jax import execution
 
 
@@ -38,3 +40,13 @@ def test_pass_size_defaults():
     assert execution.resolve_real_chunk(None, 128, 10, 128 * 128) == 1  # imagenette
     assert execution.resolve_use_scan(None) is False
   assert execution.resolve_use_scan(True) is True
+
+
+def test_class_blocks_need_the_distill_step_not_a_bare_step():
+  """A bare step function has no blocks: class_block would be silently ignored (the
+  step benchmark once timed every plan as all classes at once this way)."""
+  cfg = _tiny.config(class_block=1)
+  setup = _tiny.setup(cfg)
+  with pytest.raises(ValueError, match="class_block=1 needs the DistillStep"):
+    execution.make_run_steps(setup.step.step, cfg, 1)
+  execution.make_run_steps(setup.step, cfg, 1)  # the DistillStep: accepted
