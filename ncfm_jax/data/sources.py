@@ -1,5 +1,8 @@
 """``load_dataset``: one entry point over the IDX, image-folder and tfds sources.
 
+(Over 400 lines: the dataset table, the source dispatch and the registry shapes that
+``--mode=plan`` reads without loading data describe the same datasets.)
+
 The result is a ``Dataset`` of host (numpy) arrays: uint8 images [N, S, S, C] at
 ``data.image_size`` and int32 labels, plus the per-channel mean/std used to normalise
 them (docs/design.md section 10; computed from the training images for datasets not in the
