@@ -9,7 +9,8 @@ the memory planner's plan (`ncfm_jax.plan`, budget `distill.memory_budget_gb`,
 default half the RAM on CPU) through `execution.make_run_steps` (on CPU, class
 blocks as a host loop of jitted pieces); ``--plan=off`` runs the config as given
 (all classes in one step). Each workload runs in a fresh subprocess (peak memory
-is per process), and the planner's trials in a child of it. `scaling` reuses `Workload`, `setup` and
+is per process), and the planner's trials in a child of it. `scaling` reuses
+`Workload`, `setup` and
 `distill_config`.
 """
 
@@ -178,8 +179,9 @@ def reference_plans(workload: Workload, config) -> dict[str, float]:
 
 
 def _plan_in_child(workload: Workload, config: dict) -> None:
-  plan_lib.choose(workload_spec(workload, ml_collections.ConfigDict(config)),
-                  ml_collections.ConfigDict(config))
+  config = ml_collections.ConfigDict(config)
+  plan_lib.choose(workload_spec(workload, config), config)
+  reference_plans(workload, config)  # their analyses cached too: no compile in the parent
 
 
 def planned_config(workload: Workload, config) -> tuple[Any, dict[str, Any]]:
@@ -320,7 +322,8 @@ def _print_table(rows: list[dict[str, Any]], steps_per_call: int) -> None:
         f"{steps_per_call} steps; first_call_s: compile + the warm-up call; "
         "gflop_per_step: XLA cost analysis of one step; ratio = achieved / matmul "
         "(float32 matmul, 2048^3 on CPU and 8192^3 (TF32) on GPU, measured in the same "
-        "process); peak_mb: peak host RSS on CPU (from setup on; timed_peak_mb: during the timed calls), peak_bytes_in_use on GPU; planned_mb: "
+        "process); peak_mb: peak host RSS on CPU (from setup on; timed_peak_mb: during "
+        "the timed calls), peak_bytes_in_use on GPU; planned_mb: "
         "XLA's compile-time plan of the chosen step (--plan=auto).")
 
 
