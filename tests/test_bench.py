@@ -127,3 +127,12 @@ def test_scaling_train_cases_compile_nothing_after_the_warm_up_call(caplog):
     for _, run in cases.values():
       jax.block_until_ready(run())
   assert not [r.getMessage()[:80] for r in caplog.records if "Compiling" in r.getMessage()]
+
+
+def test_every_memory_cell_has_its_config():
+  """`bench memory` builds each paper cell from configs/ at the release's real batch."""
+  from ncfm_jax.bench import memory as memory_bench
+  for dataset, ipc in memory_bench.CELLS:
+    config = memory_bench.cell_config(dataset, ipc)
+    assert config.distill.ipc == ipc
+    assert config.distill.batch_real == memory_bench.RELEASE_BATCH_REAL

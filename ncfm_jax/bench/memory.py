@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import sys
@@ -29,6 +28,7 @@ from typing import Any, Sequence
 
 import jax
 
+from ncfm_jax import config_lib
 from ncfm_jax import plan as plan_lib
 from ncfm_jax.data import sources
 from ncfm_jax.errors import InputError
@@ -39,16 +39,11 @@ CELLS = (("cifar10", 1), ("cifar10", 10), ("cifar10", 50),
          ("cifar100", 1), ("cifar100", 10), ("cifar100", 50),
          ("tinyimagenet", 1), ("tinyimagenet", 10), ("tinyimagenet", 50),
          ("imagenette", 1), ("imagenette", 10))
-_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def cell_config(dataset: str, ipc: int, batch_real: int = RELEASE_BATCH_REAL):
   """configs/<dataset>.py at `ipc` with `distill.batch_real` set (not yet capped)."""
-  path = os.path.join(_CONFIGS, f"{dataset}.py")
-  spec = importlib.util.spec_from_file_location(f"ncfm_config_{dataset}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(f"ipc={ipc}")
+  config = config_lib.load_config(f"configs/{dataset}.py:ipc={ipc}")
   config.distill.batch_real = batch_real
   return config
 
