@@ -123,6 +123,11 @@ def init_state(key: jax.Array, syn_images: jax.Array, feature_dim: int,
       key=k_run)
 
 
+def _no_frequency_gradient(t: jax.Array) -> jax.Array:
+  """`[0, D]`: what a block returns for d match / d t when no psi needs it."""
+  return jnp.zeros((0,) + t.shape[1:], t.dtype)
+
+
 def _l2_normalize(feats: jax.Array) -> jax.Array:
   return feats / jnp.maximum(jnp.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
 
@@ -158,7 +163,7 @@ class LossTerms(NamedTuple):
 class BlockGradients(NamedTuple):
   """One block's (or the summed) gradients and loss terms."""
   syn: jax.Array  # d loss / d stored images of the block [K, ipc, H, W, Ch]
-  t: jax.Array  # d match / d frequencies [F, D]
+  t: jax.Array  # d match / d frequencies [F, D] ([0, D] without psi: not needed)
   terms: LossTerms
 
 
@@ -446,8 +451,13 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
                           draws.blended, draws.trained, aug_keys, labels, draws.monitor_t)
       return terms.match + cfg.calibration_weight * terms.calibration, terms
 
-    (_, terms), (syn_grads, t_grads) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(take(syn_images), draws.t)
+    if with_psi:
+      (_, terms), (syn_grads, t_grads) = jax.value_and_grad(
+          loss_fn, argnums=(0, 1), has_aux=True)(take(syn_images), draws.t)
+    else:  # nothing upstream of Gaussian frequencies: their gradient is wasted work
+      (_, terms), syn_grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          take(syn_images), draws.t)
+      t_grads = _no_frequency_gradient(draws.t)
     return BlockGradients(syn_grads, t_grads, terms)
 
   def finish(state: DistillState, grads: BlockGradients):
@@ -478,7 +488,8 @@ def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> Dis
     return finish(state, summed._replace(syn=syn_grads))
 
   def zeros(syn_images, draws: StepDraws) -> BlockGradients:
-    return BlockGradients(jnp.zeros_like(syn_images), jnp.zeros_like(draws.t),
+    t_zeros = jnp.zeros_like(draws.t) if with_psi else _no_frequency_gradient(draws.t)
+    return BlockGradients(jnp.zeros_like(syn_images), t_zeros,
                           LossTerms(jnp.zeros(()), jnp.zeros(()), jnp.zeros(())))
 
   return DistillStep(distill_step, evaluate,

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 from jax.typing import ArrayLike
 
+from ncfm_jax.sincos import sincos
+
 # Lower bound of the phase term and of the square root's argument: keeps the
 # gradient of sqrt finite when the two ECFs coincide (docs/design.md section 2).
 PHASE_FLOOR = 1e-12
@@ -126,7 +128,8 @@ def _ecf(
 ) -> tuple[jax.Array, jax.Array]:
   """ECF of ``feats [N, D]`` at ``t [F, D]``: ``(re [F], im [F])``."""
   proj = jnp.matmul(feats, t.T, precision=precision)  # [N, F]
-  return jnp.cos(proj).mean(axis=0), jnp.sin(proj).mean(axis=0)
+  sin_proj, cos_proj = sincos(proj)
+  return cos_proj.mean(axis=0), sin_proj.mean(axis=0)
 
 
 def _safe_abs(re: jax.Array, im: jax.Array) -> jax.Array:
