@@ -147,8 +147,8 @@ class ThreadedRun:
     return self.outputs
 
 
-def matmul_gflops(size: int | None = None, repeats: int = 10) -> float:
-  """Dense float32 matmul rate of this device, GFLOP/s (median of `repeats`).
+def matmul_probe(size: int | None = None, count: int = 1) -> tuple[Callable[[], Any], float]:
+  """`(fn, flops)`: `count` jitted dense float32 matmuls of this device, their FLOPs.
 
   XLA's default precision, i.e. TF32 on NVIDIA GPUs; ``[size, size]`` operands,
   2048 on CPU and 8192 elsewhere (large enough to reach the peak rate).
@@ -157,7 +157,13 @@ def matmul_gflops(size: int | None = None, repeats: int = 10) -> float:
   a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
   matmul = jax.jit(jnp.matmul)
-  return 2 * size**3 / time_calls(lambda: matmul(a, b), repeats).median / 1e9
+  return (lambda: [matmul(a, b) for _ in range(count)]), 2.0 * size**3 * count
+
+
+def matmul_gflops(size: int | None = None, repeats: int = 10) -> float:
+  """Dense float32 matmul rate of this device, GFLOP/s (median of `repeats`)."""
+  fn, flops = matmul_probe(size)
+  return flops / time_calls(fn, repeats).median / 1e9
 
 
 # --------------------------------------------------------------------------

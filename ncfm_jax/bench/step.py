@@ -212,7 +212,8 @@ def measure(workload: Workload, steps_per_call: int, repeats: int, use_scan: boo
   Returns:
     One row: ``seconds_per_step`` (median, min, max), ``first_call_seconds``
     (compile + one call), ``gflops_per_step``, ``achieved_gflops``,
-    ``matmul_gflops``, ``fraction_of_matmul`` (achieved / matmul),
+    ``matmul_gflops``, ``fraction_of_matmul`` (median over the calls of achieved / the
+    matmul rate timed right after the call),
     ``peak_memory_mb``, the last step's loss, and ``plan`` / ``planned_gb`` (None
     without planning) with the unplanned steps' planned GB.
   """
@@ -229,24 +230,32 @@ def measure(workload: Workload, steps_per_call: int, repeats: int, use_scan: boo
   jax.block_until_ready(run())  # warm-up: compiles
   first_call = time.perf_counter() - start
   peak_with_compile = common.peak_memory_mb()
+  matmul_fn, matmul_flops = common.matmul_probe(count=5)
+  jax.block_until_ready(matmul_fn())  # compiles
+  # Each timed call is followed by a matmul: on a shared machine whose speed drifts,
+  # the ratio is taken call by call against the rate of the moment.
   with common.RssWindow() as window:  # the timed calls' own peak on CPU
-    timing = common.time_calls(run, repeats, warmup=0)
-  per_step = [seconds / steps_per_call for seconds in timing.times]
+    timing = common.time_interleaved({"step": run, "matmul": matmul_fn}, repeats, warmup=0)
+  per_step = [seconds / steps_per_call for seconds in timing["step"].times]
+  matmul_rates = [matmul_flops / seconds / 1e9 for seconds in timing["matmul"].times]
   median = float(np.median(per_step))
-  matmul = common.matmul_gflops()
+  matmul = float(np.median(matmul_rates))
   achieved = flops / median / 1e9
+  fractions = [flops / seconds / 1e9 / rate for seconds, rate in zip(per_step, matmul_rates)]
   return {
       "workload": workload.name,
       "device": str(jax.devices()[0].device_kind),
       "steps_per_call": steps_per_call,
       "use_scan": use_scan,
       "seconds_per_step": {"median": median, "min": float(min(per_step)),
-                           "max": float(max(per_step))},
+                           "max": float(max(per_step)), "all": per_step},
       "first_call_seconds": first_call,  # compile + one call
       "gflops_per_step": flops / 1e9,
       "achieved_gflops": achieved,
       "matmul_gflops": matmul,
-      "fraction_of_matmul": achieved / matmul,
+      # Median over the timed calls of (achieved / the matmul rate right after it).
+      "fraction_of_matmul": float(np.median(fractions)),
+      "matmul_gflops_per_call": matmul_rates,
       # From setup on (inputs, compilation, the warm-up call); then the timed calls'
       # alone (on CPU, memory the allocator kept from before counts in both).
       "peak_memory_mb": peak_with_compile,
@@ -321,8 +330,8 @@ def _print_table(rows: list[dict[str, Any]], steps_per_call: int) -> None:
   print("s_per_step: median (min, max) of the timed calls, each call = "
         f"{steps_per_call} steps; first_call_s: compile + the warm-up call; "
         "gflop_per_step: XLA cost analysis of one step; ratio = achieved / matmul "
-        "(float32 matmul, 2048^3 on CPU and 8192^3 (TF32) on GPU, measured in the same "
-        "process); peak_mb: peak host RSS on CPU (from setup on; timed_peak_mb: during "
+        "(float32 matmul, 2048^3 on CPU and 8192^3 (TF32) on GPU, 5 of them timed after "
+        "each timed call; ratio: the median over the calls); peak_mb: peak host RSS on CPU (from setup on; timed_peak_mb: during "
         "the timed calls), peak_bytes_in_use on GPU; planned_mb: "
         "XLA's compile-time plan of the chosen step (--plan=auto).")
 
