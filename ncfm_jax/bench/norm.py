@@ -8,9 +8,7 @@ epsilon `models.common.NORM_EPSILON`:
 * ``flax``: `flax.linen.InstanceNorm` as flax defaults it (``use_fast_variance=True``:
   var = E[x^2] - E[x]^2, clipped at 0);
 * ``flax_two_pass``: `flax.linen.InstanceNorm(use_fast_variance=False)`: var =
-  E[(x - E[x])^2], the formula of ``plain`` (the library's until the next one);
-* ``ours``: `models.common.InstanceNorm`: ``flax_two_pass``'s forward, its backward
-  written out (`models.common.instance_norm`).
+  E[(x - E[x])^2], the formula of ``plain``.
 
 Two cases, both forward + gradient w.r.t. the INPUT (the distillation pass: the
 extractor is frozen, the images are the variables), loss ``<output, w>`` for a fixed
@@ -78,7 +76,6 @@ IMPLEMENTATIONS: dict[str, Callable[..., nn.Module]] = {
     "flax": functools.partial(nn.InstanceNorm, epsilon=common.NORM_EPSILON),
     "flax_two_pass": functools.partial(nn.InstanceNorm, epsilon=common.NORM_EPSILON,
                                        use_fast_variance=False),
-    "ours": common.InstanceNorm,
 }
 """Name -> module class (called with ``name=...``) of each implementation."""
 

@@ -11,7 +11,6 @@ initial parameters shapes the features that are matched.
 """
 
 from collections.abc import Callable
-import functools
 
 import flax.linen as nn
 import jax
@@ -87,52 +86,18 @@ def check_norm(norm: str) -> None:
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
-class InstanceNorm(nn.Module):
+class InstanceNorm(nn.InstanceNorm):
   """Per-sample, per-channel normalisation over H, W with an affine map (`scale`, `bias`).
 
-  The forward is `flax.linen.InstanceNorm(epsilon=1e-5, use_fast_variance=False)`'s,
-  to the bit: `(x - mean) * (rsqrt(var + eps) * scale) + bias` with the two-pass
-  variance E[(x - E[x])^2]. The backward (`instance_norm`) is written out: two
-  reductions and one pass, where autodiff of the statistics takes five.
+  `flax.linen.InstanceNorm` with PyTorch's epsilon and the two-pass variance
+  E[(x - E[x])^2] (`use_fast_variance=False`). On the distillation pass (input
+  gradient of ConvNet-3 width 128, 100 images, XLA:CPU) it is as fast as a hand-written
+  version with plain reductions and faster as a single layer; flax's default one-pass
+  variance is slower there. Figures and command: results/bench_norm_cpu_2026-12-02.json
+  (`python -m ncfm_jax.bench norm`).
   """
   epsilon: float = NORM_EPSILON
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    channels = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (channels,))
-    bias = self.param("bias", nn.initializers.zeros, (channels,))
-    return instance_norm(x, scale, bias, self.epsilon)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def instance_norm(x: jax.Array, scale: jax.Array, bias: jax.Array,
-                  epsilon: float) -> jax.Array:
-  """`x [B, H, W, C]` normalised over H, W per sample and channel, then `* scale + bias`
-  (`[C]` each)."""
-  return _instance_norm_forward(x, scale, bias, epsilon)[0]
-
-
-def _instance_norm_forward(x, scale, bias, epsilon):
-  mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-  centred = x - mean
-  rstd = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=(1, 2), keepdims=True) + epsilon)
-  return centred * (rstd * scale) + bias, (centred * rstd, rstd, scale)
-
-
-def _instance_norm_backward(epsilon, residuals, dy):
-  """With `n = (x - mean) * rstd` and `g = dy * scale`:
-  `dx = rstd * (g - mean(g) - n * mean(g * n))` (means over H, W)."""
-  del epsilon
-  normed, rstd, scale = residuals
-  g = dy * scale
-  mean_g = jnp.mean(g, axis=(1, 2), keepdims=True)
-  mean_gn = jnp.mean(g * normed, axis=(1, 2), keepdims=True)
-  dx = rstd * (g - mean_g - normed * mean_gn)
-  return dx, jnp.sum(dy * normed, axis=(0, 1, 2)), jnp.sum(dy, axis=(0, 1, 2))
-
-
-instance_norm.defvjp(_instance_norm_forward, _instance_norm_backward)
+  use_fast_variance: bool = False
 
 
 def normalize(x: jax.Array, norm: str, *, train: bool, name: str) -> jax.Array:
