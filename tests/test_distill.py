@@ -163,11 +163,12 @@ def test_class_blocks_give_the_all_classes_step(block_loop, overrides):
 def test_a_block_differentiates_the_frequencies_only_for_psi(sampler):
   config, state, pool, data, step = _setup(sampler=sampler)
   batch = sampling.sample_class_batches(jax.random.PRNGKey(1), data, config.batch_real)
-  draws = step.blocks.begin(state, pool)
-  grads = step.blocks.block_gradients(state.syn_images, batch[:1], draws, jnp.int32(0), 1)
+  draws = jax.jit(step.blocks.begin)(state, pool)
+  grads = jax.jit(step.blocks.block_gradients, static_argnums=4)(
+      state.syn_images, batch[:1], draws, jnp.int32(0), 1)
   want = draws.t.shape if sampler == "psi" else (0, draws.t.shape[1])
   assert grads.t.shape == want
-  assert step.blocks.zeros(state.syn_images, draws).t.shape == want
+  assert jax.eval_shape(step.blocks.zeros, state.syn_images, draws).t.shape == want
   if sampler == "psi":
     assert float(jnp.abs(grads.t).max()) > 0
 
