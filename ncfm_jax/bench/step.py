@@ -329,10 +329,10 @@ def _print_table(rows: list[dict[str, Any]], steps_per_call: int) -> None:
   print()
   print("s_per_step: median (min, max) of the timed calls, each call = "
         f"{steps_per_call} steps; first_call_s: compile + the warm-up call; "
-        "gflop_per_step: XLA cost analysis of one step; ratio = achieved / matmul "
-        "(float32 matmul, 2048^3 on CPU and 8192^3 (TF32) on GPU, 5 of them timed after "
-        "each timed call; ratio: the median over the calls); peak_mb: peak host RSS on CPU (from setup on; timed_peak_mb: during "
-        "the timed calls), peak_bytes_in_use on GPU; planned_mb: "
+        "gflop_per_step: XLA cost analysis of one step; ratio: median over the calls "
+        "of achieved / matmul (float32 matmul, 2048^3 on CPU and 8192^3 (TF32) on GPU, "
+        "5 of them timed after each call); peak_mb: peak host RSS on CPU (from setup "
+        "on; timed_peak_mb: during the timed calls), peak_bytes_in_use on GPU; planned_mb: "
         "XLA's compile-time plan of the chosen step (--plan=auto).")
 
 
