@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Creates/updates .venv, installs ncfm-jax[test] and Fashion-MNIST, runs the test suite.
 # Extra arguments go to pytest, e.g. `bash launch/test.sh -k ncfd`.
+# Two pytest workers, one test file each at a time (pytest-xdist --dist loadfile): much
+# of the suite is XLA compilation, which is single-threaded, so 2 workers on 2 cores
+# took it from 517 to 407 s (2026-12-03). NCFM_TEST_WORKERS=0 runs in one process.
 set -euo pipefail
 EXTRAS="test" source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
-# tcmalloc preloaded into the test process too: faster XLA:CPU (ncfm_jax/allocator.py).
-exec "$VENV/bin/python" -m ncfm_jax.allocator "$VENV/bin/python" -m pytest -q "$@"
+WORKERS="${NCFM_TEST_WORKERS:-2}"
+PARALLEL=()
+[ "$WORKERS" = 0 ] || PARALLEL=(-n "$WORKERS" --dist loadfile)
+# tcmalloc preloaded into the test processes too: faster XLA:CPU (ncfm_jax/allocator.py).
+exec "$VENV/bin/python" -m ncfm_jax.allocator "$VENV/bin/python" -m pytest -q "${PARALLEL[@]}" "$@"
