@@ -146,7 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
   # block steps); None: scan on GPU/TPU, host on CPU.
   config.distill.block_loop = ml_collections.FieldReference(None, field_type=str)
   # Memory one step may plan for, in GB (2^30 bytes); None: 90% of the accelerator's
-  # memory, half the RAM on CPU. The planner (ncfm_jax/plan.py) picks class_block,
+  # memory, half the RAM on CPU. The planner (ncfm_jax/plan/) picks class_block,
   # the pass sizes, remat_syn and freq_chunk that fit it, fastest first; explicit
   # values of those fields are kept.
   config.distill.memory_budget_gb = ml_collections.FieldReference(None, field_type=float)

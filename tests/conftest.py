@@ -19,7 +19,7 @@ def separable_idx_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def _plan_cache_in_a_temporary_file(tmp_path_factory):
-  """The memory planner's cache (ncfm_jax/plan.py) goes to a file of this session,
+  """The memory planner's cache (ncfm_jax/plan/) goes to a file of this session,
   for this process and the CLI subprocesses the tests start, never to ~/.cache."""
   path = str(tmp_path_factory.mktemp("plan_cache") / "plans.json")
   previous = os.environ.get("NCFM_PLAN_CACHE")

@@ -251,10 +251,10 @@ def test_random_training_set_holds_only_its_bytes():
   """The timing's stand-in training set: Tiny ImageNet's 1.2e9 uint8 drawn with
   jax.random.bits held over 22 GB on CPU (killed by the OOM killer)."""
   size = 200_000_000
-  plan_lib._concrete(jax.ShapeDtypeStruct((8,), jnp.uint8), jax.random.PRNGKey(1))  # warm-up
+  plan_lib.random_like(jax.ShapeDtypeStruct((8,), jnp.uint8), jax.random.PRNGKey(1))  # warm-up
   with common.RssWindow() as window:
     data = jax.block_until_ready(
-        plan_lib._concrete(jax.ShapeDtypeStruct((size,), jnp.uint8), jax.random.PRNGKey(0)))
+        plan_lib.random_like(jax.ShapeDtypeStruct((size,), jnp.uint8), jax.random.PRNGKey(0)))
   if not window.exact:
     pytest.skip("peak RSS cannot be reset here")
   assert data.dtype == jnp.uint8 and data.shape == (size,)
