@@ -7,7 +7,6 @@ killed command resumes from the last checkpoint.
 """
 
 import os
-import re
 import sys
 
 from absl import app
@@ -20,6 +19,7 @@ from ncfm_jax import config_lib
 from ncfm_jax import distributed
 from ncfm_jax import pipeline
 from ncfm_jax.errors import InputError
+from ncfm_jax.errors import one_line
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, e.g. configs/fashion_mnist.py:quick.",
@@ -47,19 +47,11 @@ def main(argv):
     try:
       config.get("distill")  # config_flags defers a config file that failed to load
     except OSError as err:
-      raise InputError(f"--config: {_one_line(str(err))}") from err
+      raise InputError(f"--config: {one_line(str(err))}") from err
     pipeline.run(config, _WORKDIR.value, _MODE.value)
   except InputError as err:  # anything else is a bug: traceback, exit 1
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)
-
-
-def _one_line(text: str) -> str:
-  """The last line of an error text (a traceback's is the error itself), without
-  its exception class."""
-  lines = [line.strip() for line in text.replace("\\n", "\n").splitlines() if line.strip()]
-  last = lines[-1] if lines else text
-  return re.sub(r"^[\w.]+(Error|Exception): ", "", last)
 
 
 def _resolve_config_flag(arg: str) -> str:
@@ -78,7 +70,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   except FileNotFoundError as err:  # neither the path nor an installed config
     message = f"--config: {err}"
   except flags.Error as err:
-    message = _one_line(str(err)) if "Traceback" in str(err) else str(err)
+    message = one_line(str(err)) if "Traceback" in str(err) else str(err)
   except (AttributeError, KeyError, TypeError, ValueError) as err:  # a --config.x override
     text = str(err).replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
     if len(text) > 1 and text[0] == text[-1] == "'":  # KeyError's repr-quoted text

@@ -26,6 +26,8 @@ LAYERS = [
     ["plan"],
     ["workdir", "checkpoints"],
     ["evaluation"],
+    ["paper"],
+    ["estimate"],
     ["pipeline"],
     ["main"],
     ["grid"],
