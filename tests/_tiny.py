@@ -25,6 +25,12 @@ from ncfm_jax import models
 from ncfm_jax import train as train_lib
 from ncfm_jax.data import sampling
 
+ROOT = str(Path(__file__).resolve().parents[1])
+"""The checkout's root."""
+CELL_SECONDS = {"pretrain": 0.01, "distill": 0.5,
+                "eval": {"convnet": 0.02, "alexnet": 0.03, "vgg11": 0.04, "resnet18": 0.05}}
+"""Seconds per step of each phase of a paper cell, for the estimate's arithmetic."""
+
 CLASSES, IPC, SIZE, PER_CLASS = 4, 2, 16, 20
 MEAN, STD = (0.5,), (0.25,)
 

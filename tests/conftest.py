@@ -17,6 +17,12 @@ def separable_idx_dir(tmp_path_factory):
                                    _tiny.SEPARABLE_TEST_PER_CLASS)
 
 
+@pytest.fixture
+def in_repository(monkeypatch):
+  """Runs the test in the checkout's root (where `configs/<dataset>.py` is found)."""
+  monkeypatch.chdir(_tiny.ROOT)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _plan_cache_in_a_temporary_file(tmp_path_factory):
   """The memory planner's cache (ncfm_jax/plan/) goes to a file of this session,

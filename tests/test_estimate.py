@@ -1,22 +1,15 @@
 """The estimate of a paper cell's time: the extrapolation's arithmetic, and a real
 measurement of every phase of a tiny cell."""
 
-import os
-
 import pytest
 
+import _tiny
 from ncfm_jax import estimate
 from ncfm_jax import paper
 from ncfm_jax import reproduce
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECONDS = {"pretrain": 0.01, "distill": 0.5,
-           "eval": {"convnet": 0.02, "alexnet": 0.03, "vgg11": 0.04, "resnet18": 0.05}}
-
-
-@pytest.fixture(autouse=True)
-def _in_the_repository(monkeypatch):
-  monkeypatch.chdir(ROOT)  # configs/<dataset>.py is found from here
+SECONDS = _tiny.CELL_SECONDS
+pytestmark = pytest.mark.usefixtures("in_repository")
 
 
 def test_extrapolation_by_hand():

@@ -12,19 +12,14 @@ import time
 import numpy as np
 import pytest
 
+import _tiny
 from ncfm_jax import estimate
 from ncfm_jax import grid
 from ncfm_jax import paper
 from ncfm_jax import reproduce
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECONDS = {"pretrain": 0.01, "distill": 0.5,
-           "eval": {"convnet": 0.02, "alexnet": 0.03, "vgg11": 0.04, "resnet18": 0.05}}
-
-
-@pytest.fixture(autouse=True)
-def _in_the_repository(monkeypatch):
-  monkeypatch.chdir(ROOT)  # configs/<dataset>.py is found from here
+SECONDS = _tiny.CELL_SECONDS
+pytestmark = pytest.mark.usefixtures("in_repository")
 
 
 def _fake_cli(calls):
