@@ -21,7 +21,6 @@ blocks for a memory budget from XLA's compile-time memory analysis.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, NamedTuple
 
 import jax

@@ -15,3 +15,21 @@ from ncfm_jax.data.sources import dataset_shape
 from ncfm_jax.data.sources import imagenet_subset_wnids
 from ncfm_jax.data.sources import load_dataset
 from ncfm_jax.data.tinyimagenet_prepare import arrange_tinyimagenet
+
+__all__ = [
+    "ClassIndexedData",
+    "DATASETS",
+    "DEFAULT_DEVICE_LIMIT_BYTES",
+    "Dataset",
+    "DatasetShape",
+    "DatasetSpec",
+    "HostClassSampler",
+    "arrange_tinyimagenet",
+    "dataset_shape",
+    "effective_batch_real",
+    "fits_on_device",
+    "imagenet_subset_wnids",
+    "load_dataset",
+    "make_class_indexed",
+    "sample_class_batches",
+]

@@ -38,7 +38,6 @@ from __future__ import annotations
 import importlib.resources
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np

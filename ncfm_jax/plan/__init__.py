@@ -72,3 +72,24 @@ from ncfm_jax.plan.spec import capped_distill_config
 from ncfm_jax.plan.spec import default_budget_bytes
 from ncfm_jax.plan.spec import make_spec
 from ncfm_jax.plan.spec import temp_factor
+
+__all__ = [
+    "ACCELERATOR_PASS_PIXELS",
+    "FREQ_CHUNK",
+    "Footprint",
+    "GB",
+    "Plan",
+    "PlanChoice",
+    "Planner",
+    "StepSpec",
+    "block_ladder",
+    "budget_bytes",
+    "capped_distill_config",
+    "choose",
+    "default_budget_bytes",
+    "default_cache_path",
+    "make_spec",
+    "plan_from_registry",
+    "random_like",
+    "temp_factor",
+]
