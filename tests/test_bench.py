@@ -1,5 +1,6 @@
 """The benchmarks' command line and shared helpers (tests/test_ncfd.py runs `ncfd`)."""
 
+import argparse
 import importlib.util
 import os
 import re
@@ -29,7 +30,7 @@ def test_help_lists_the_subcommands():
   listed = set(re.search(r"\{(.*?)\}", done.stdout).group(1).split(","))
   # `norm` is listed exactly where its module is installed.
   norm = {"norm"} if importlib.util.find_spec("ncfm_jax.bench.norm") else set()
-  assert listed == {"ncfd", "step", "scaling", "memory"} | norm
+  assert listed == {"ncfd", "step", "scaling", "memory", "blocks"} | norm
 
 
 def test_only_the_chosen_subcommand_is_imported(tmp_path, monkeypatch):
@@ -140,3 +141,31 @@ def test_every_memory_cell_has_its_config():
     config = memory_bench.cell_config(dataset, ipc)
     assert config.distill.ipc == ipc
     assert config.distill.batch_real == memory_bench.RELEASE_BATCH_REAL
+
+
+
+def _blocks_args(**overrides) -> argparse.Namespace:
+  flags = dict(batch=2, width=4, depth=2, image_size=8, channels=3, repeats=1, seed=0,
+               json=None)
+  return argparse.Namespace(**{**flags, **overrides})
+
+
+def test_blocks_cover_the_network_and_their_shares_sum_to_one():
+  """`bench blocks`: block d sees `[B, S / 2^d, S / 2^d, C_d]`, so the blocks' FLOPs
+  add up to the whole network's in both passes."""
+  from ncfm_jax.bench import blocks  # pylint: disable=g-import-not-at-top
+  assert blocks.block_shapes(32, 3, 128, 3) == [(32, 3, 0), (16, 128, 1), (8, 128, 2)]
+  rows = blocks.run_from_args(_blocks_args())
+  assert len(rows) == len(blocks.PASSES) * (2 + 1)
+  for name in blocks.PASSES:
+    block_rows = [r for r in rows if r["pass"] == name and r["block"] != "network"]
+    network, = [r for r in rows if r["pass"] == name and r["block"] == "network"]
+    assert [r["input_shape"] for r in block_rows] == [[2, 8, 8, 3], [2, 4, 4, 4]]
+    assert sum(r["gflops"] for r in block_rows) == pytest.approx(network["gflops"], rel=0.02)
+    assert sum(r["share_of_time"] for r in block_rows) == pytest.approx(1.0)
+    assert sum(r["share_of_flops"] for r in block_rows) == pytest.approx(1.0)
+  first = {r["pass"]: r for r in rows if r["block"] == "block0"}
+  # The input gradient is counted: about twice the forward's FLOPs.
+  assert first["forward+input_grad"]["gflops"] > 1.5 * first["forward"]["gflops"]
+  with pytest.raises(SystemExit, match="too small for --depth"):
+    blocks.run_from_args(_blocks_args(depth=4))

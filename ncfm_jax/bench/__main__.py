@@ -36,6 +36,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "memory": Subcommand("ncfm_jax.bench.memory",
                          "The memory planner's plans of the paper's cells per budget "
                          "(XLA's compile-time analysis)."),
+    "blocks": Subcommand("ncfm_jax.bench.blocks",
+                         "ConvNet per block: forward and input-gradient time vs FLOPs."),
 }
 
 
