@@ -28,7 +28,8 @@ def parse_arg(arg: str | None, **defaults):
   """Parses `"ipc=10,quick"` into a ConfigDict over `defaults`.
 
   Bare words set a boolean default to True. Values are converted to the type of
-  the default (int, float, bool, str). Unknown keys raise ValueError.
+  the default (int, float, bool, str). Unknown keys and values of the wrong type
+  raise InputError (a ValueError).
   """
   parsed = ml_collections.ConfigDict(dict(defaults))
   if not arg:
@@ -51,10 +52,13 @@ def parse_arg(arg: str | None, **defaults):
       if value.lower() not in ("true", "false", "1", "0"):
         raise InputError(f"config argument {key}={value!r} is not a boolean")
       parsed[key] = value.lower() in ("true", "1")
-    elif isinstance(default, int):
-      parsed[key] = int(value)
-    elif isinstance(default, float):
-      parsed[key] = float(value)
+    elif isinstance(default, (int, float)):
+      kind = type(default)
+      try:
+        parsed[key] = kind(value)
+      except ValueError:
+        expected = "an int" if kind is int else "a number"
+        raise InputError(f"config argument {key}={value!r} is not {expected}") from None
     else:
       parsed[key] = value
   return parsed

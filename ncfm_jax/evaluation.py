@@ -64,10 +64,20 @@ def _section(source: str) -> tuple[str, str | None]:
   return EVAL_SOURCES[source], None
 
 
+def check_available(run, source: str) -> None:
+  """Raises InputError when `source` names a file, or a distilled set of this
+  workdir, that does not exist (the other sources are computed)."""
+  if is_file_source(source):
+    path = source[len(FILE_PREFIX):]
+    if not os.path.exists(path):
+      raise InputError(f"eval.source file {path} not found")
+  elif source == "distilled" and not os.path.exists(run.path("distilled.npz")):
+    raise InputError(f"{run.path('distilled.npz')} not found: run --mode=distill first")
+
+
 def _external_set(run, path: str):
   """Decoded training images float32 in [0, 1] and labels of an .npz file."""
-  if not os.path.exists(path):
-    raise InputError(f"eval.source file {path} not found")
+  check_available(run, FILE_PREFIX + path)
   with np.load(path) as stored:
     if "images" not in stored or "labels" not in stored:
       raise InputError(f"{path} needs arrays 'images' [N, H, W, C] and 'labels' [N]; "
@@ -103,10 +113,8 @@ def eval_set(run, source: str):
     labels = np.repeat(np.arange(run.num_classes), d.ipc)
     return images.reshape((-1,) + images.shape[2:]), labels
   if source == "distilled":
-    path = run.path("distilled.npz")
-    if not os.path.exists(path):
-      raise InputError(f"{path} not found: run --mode=distill first")
-    stored = np.load(path)["images"]
+    check_available(run, source)
+    stored = np.load(run.path("distilled.npz"))["images"]
   else:  # init
     path = run.path("init.npz")
     stored = np.load(path)["images"] if os.path.exists(path) else np.asarray(

@@ -19,6 +19,7 @@ from ncfm_jax import config_lib
 from ncfm_jax import distributed
 from ncfm_jax import pipeline
 from ncfm_jax.errors import InputError
+from ncfm_jax.errors import config_override_message
 from ncfm_jax.errors import one_line
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -31,7 +32,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    print(f"error: unexpected arguments: {argv[1:]}", file=sys.stderr)
+    sys.exit(2)
   # XLA:CPU steps run ~25% faster with tcmalloc (allocator.py); it must be
   # preloaded at process start, so this re-executes once (NCFM_TCMALLOC=0: off).
   allocator.reexec_with_tcmalloc()
@@ -72,10 +74,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as err:
     message = one_line(str(err)) if "Traceback" in str(err) else str(err)
   except (AttributeError, KeyError, TypeError, ValueError) as err:  # a --config.x override
-    text = str(err).replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
-    if len(text) > 1 and text[0] == text[-1] == "'":  # KeyError's repr-quoted text
-      text = text[1:-1]
-    message = f"bad config override: {text}"
+    message = config_override_message(err, argv)
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
 

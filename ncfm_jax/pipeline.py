@@ -217,6 +217,7 @@ def run(config, workdir: str, mode: str = "all") -> dict:
   """Runs `mode` on `workdir`; returns metrics.json's content."""
   if mode not in MODES:
     raise InputError(f"--mode must be one of {MODES}, got {mode!r}")
+  wd.check_directory(workdir)
   validate_config(config, model_names=models.MODEL_NAMES,
                   eval_sources=tuple(evaluation.EVAL_SOURCES))
   known = wd.check_config(workdir, config)
@@ -227,6 +228,8 @@ def run(config, workdir: str, mode: str = "all") -> dict:
     return result
   r = Run(config, workdir)  # loads the data: bad data fails before anything is written
   evaluation.check_settings(r, evaluation.sources_for_mode(config, mode))
+  if mode == "evaluate":  # a set that is not there stops before anything is written
+    evaluation.check_available(r, config.eval.source)
   if mode == "distill" or (mode == "all" and not distributed.agree(
       os.path.exists(r.path("distilled.npz")))):
     r.planned_distill_config()  # a budget that no plan fits stops before any work

@@ -50,7 +50,9 @@ from ncfm_jax import estimate
 from ncfm_jax import evaluation
 from ncfm_jax import grid
 from ncfm_jax import paper
+from ncfm_jax import workdir as wd
 from ncfm_jax.errors import InputError
+from ncfm_jax.errors import config_override_message
 from ncfm_jax.errors import one_line
 from ncfm_jax.paper import CROSS_ARCHS, DATASETS, num_classes
 
@@ -143,10 +145,7 @@ def load_config(spec: str, flags: Sequence[str]) -> ml_collections.ConfigDict:
   except absl_flags.Error as err:
     raise InputError(f"{spec}: {one_line(str(err))}") from err
   except (AttributeError, KeyError, TypeError, ValueError) as err:  # a --config.x override
-    text = str(err).replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
-    if len(text) > 1 and text[0] == text[-1] == "'":  # KeyError's repr-quoted text
-      text = text[1:-1]
-    raise InputError(f"{spec}: bad config override: {text}") from err
+    raise InputError(f"{spec}: {config_override_message(err, flags)}") from err
 
 
 def budget_flags(config, fraction: float) -> list[str]:
@@ -258,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise InputError(f"--fraction must be in (0, 1], got {args.fraction:g}")
     if args.num_eval < 1 or args.estimate_steps < 0:
       raise InputError("--num-eval must be >= 1 and --estimate-steps >= 0")
+    wd.check_directory(args.out, "--out")
     plans = [plan(spec, fraction=args.fraction, num_eval=args.num_eval,
                   cross_arch=args.cross_arch, passthrough=passthrough)
              for spec in parse_cells(args.cells)]

@@ -41,6 +41,8 @@ import numpy as np
 
 from ncfm_jax import config_lib
 from ncfm_jax import grid
+from ncfm_jax import workdir as wd
+from ncfm_jax.errors import InputError
 
 GROUPS = ("methods", "alpha", "freqs", "crossarch", "plateau", "release")
 PLATEAU = (  # (label, distill overrides)
@@ -226,10 +228,22 @@ def main(argv=None) -> int:
   for group in groups:
     if group not in GROUPS:
       parser.error(f"unknown --group {group!r}; valid: {', '.join(GROUPS)}")
-  ipcs = [int(i) for i in args.ipcs.split(",")]
-  seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or [None]
+  unknown = [a for a in passthrough if not a.startswith("--config.")]
+  if unknown:
+    parser.error(f"unknown argument {unknown[0]!r} (config overrides are "
+                 f"--config.SECTION.FIELD=VALUE)")
+  try:
+    ipcs = [int(i) for i in args.ipcs.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or [None]
+  except ValueError:
+    parser.error(f"--ipcs and --seeds take comma lists of integers, got "
+                 f"--ipcs={args.ipcs!r} --seeds={args.seeds!r}")
   if args.parallel < 1:
     parser.error("--parallel must be >= 1")
+  try:
+    wd.check_directory(args.out, "--out")
+  except InputError as err:
+    parser.error(str(err))
   try:
     config = config_lib.load_config(args.config)
   except FileNotFoundError as err:

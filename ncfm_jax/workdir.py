@@ -44,6 +44,17 @@ class WorkdirError(InputError):
   """The workdir cannot be used with this config (nothing was changed)."""
 
 
+def check_directory(path: str, flag: str = "--workdir") -> None:
+  """Raises WorkdirError when `path`, or the part of it nearest to it that exists,
+  is not a directory: no run could be kept there. Writes nothing."""
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    inside = "" if existing == os.path.abspath(path) else f" ({existing} is a file)"
+    raise WorkdirError(f"{flag} {path} is not a directory{inside}")
+
+
 def _flatten(tree, prefix=""):
   flat = {}
   for key, value in tree.items():

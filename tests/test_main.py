@@ -24,7 +24,11 @@ def _cli(*flags):
 
 @pytest.mark.parametrize("flags, message", [
     (["--config=configs/fashion_mnist.py:tiny", "--config.distill.ipcc=2"],
-     "bad config override: 'ipcc' Did you mean \"ipc\""),
+     "--config.distill.ipcc: the config has no field 'ipcc' (Did you mean \"ipc\""),
+    (["--config=configs/fashion_mnist.py:tiny", "--config.nosection.x=2"],
+     "--config.nosection.x: the config has no field 'nosection'"),
+    (["--config=configs/cifar10.py:ipc=abc"], "config argument ipc='abc' is not an int"),
+    (["--config=configs/fashion_mnist.py:tiny", "extra"], "unexpected arguments: ['extra']"),
     (["--config=configs/cifar10.py:ipc=1,foo=2"], "unknown config argument 'foo'; valid: ['ipc']"),
     (["--config=configs/nosuchfile.py"], "--config: config 'configs/nosuchfile.py': no such file"),
     (["--config=configs/cifar10.py", "--mode=foo"], "flag --mode=foo: value should be one of"),

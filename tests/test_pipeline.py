@@ -22,6 +22,7 @@ from ncfm_jax import checkpoints
 from ncfm_jax import distill
 from ncfm_jax import models
 from ncfm_jax import pipeline
+from ncfm_jax.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "configs/fashion_mnist.py:tiny"
@@ -189,6 +190,34 @@ def test_bad_config_is_one_clear_line_and_writes_nothing(tmp_path, flag, message
   last = result.stderr.strip().splitlines()[-1]
   assert message in last and last.startswith("error:"), result.stderr[-2000:]
   assert not workdir.exists() or not any(workdir.iterdir())
+
+
+def test_a_workdir_that_is_a_file_is_refused_before_any_work(separable_idx_dir, tmp_path):
+  mine = tmp_path / "notes.txt"
+  mine.write_text("mine")
+  for workdir in (mine, mine / "run"):
+    for mode in ("plan", "all"):
+      with pytest.raises(InputError, match="is not a directory"):
+        pipeline.run(_tiny_config(separable_idx_dir), str(workdir), mode=mode)
+  assert mine.read_text() == "mine"
+
+
+@pytest.mark.parametrize("source, message", [
+    ("distilled", "distilled.npz not found: run --mode=distill first"),
+    ("file:/nonexistent/set.npz", "eval.source file /nonexistent/set.npz not found"),
+])
+def test_evaluating_a_set_that_is_not_there_writes_nothing(pretrained, separable_idx_dir,
+                                                           tmp_path, source, message):
+  workdir = tmp_path / "run"
+  shutil.copytree(pretrained, workdir)
+  (workdir / "config.json").unlink(missing_ok=True)
+  (workdir / "metrics.json").unlink(missing_ok=True)
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+  config = _tiny_config(separable_idx_dir)
+  config.eval.source = source
+  with pytest.raises(InputError, match=message):
+    pipeline.run(config, str(workdir), mode="evaluate")
+  assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 
 def test_workdir_with_another_config_is_refused_untouched(pretrained, separable_idx_dir,

@@ -115,6 +115,19 @@ def test_a_budget_no_plan_fits_is_one_input_error_naming_the_smallest_need(plann
   assert "\n" not in str(err.value)
 
 
+
+def test_the_smallest_need_named_is_the_least_of_the_policies(planner, monkeypatch):
+  # Two policies whose last (recomputed passes) needs more than the first.
+  frugal = lambda k: plan_lib.Plan(k, "host", 2, 0, False, None)
+  recomputed = lambda k: plan_lib.Plan(k, "host", 2, 1, True, None)
+  monkeypatch.setattr(planner, "policies", lambda: [frugal, recomputed])
+  bytes_of = lambda plan: plan_lib.GB * (1 if plan.remat_syn is False else 2)
+  monkeypatch.setattr(planner, "evaluate", lambda plan, **_: plan_lib.Footprint(
+      bytes_of(plan), "step", {}, {}, {}, 0.0))
+  with pytest.raises(InputError, match=r"needs 1 GB") as err:
+    planner.choose(plan_lib.GB // 2, timed=False)
+  assert frugal(1).describe(4) in str(err.value)
+
 def test_a_host_plan_is_timed_once_and_the_time_cached(planner):
   # Before the next test: its timed choice drops the executables compiled so far.
   plan = planner.policies()[0](2)

@@ -79,12 +79,19 @@ def test_a_bad_cell_is_one_line_and_exit_2(cells, message, tmp_path, capsys, fak
 
 
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, fakes):
-  for argv, message in [(["--config.distill.stepz=3"], "'stepz' Did you mean \"steps\""),
+  for argv, message in [(["--config.distill.stepz=3"],
+                         "--config.distill.stepz: the config has no field 'stepz' (Did you mean"),
                         (["--bogus"], "unknown argument '--bogus'"),
                         (["--fraction=0"], "--fraction must be in (0, 1]")]:
     assert reproduce.main(["--cells=cifar10:ipc=10", f"--out={tmp_path}", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+  mine = tmp_path / "table.md"
+  mine.write_text("mine")
+  assert reproduce.main(["--cells=cifar10:ipc=10", f"--out={mine}"]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and f"--out {mine} is not a directory" in err, err
+  assert mine.read_text() == "mine" and fakes == ([], [])
 
 
 # ------------------------------------------------------------------ budget

@@ -112,11 +112,27 @@ def test_a_failed_run_is_reported_and_the_others_finish(tmp_path, monkeypatch):
   assert "| 10 | NCFM | 90.0 +- 0.5 (n=3) |" in (tmp_path / "methods.md").read_text()
 
 
-def test_unknown_group_is_refused(capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--group=methods,typo"], "unknown --group 'typo'"),
+    (["--ipcs=1,ten"], "--ipcs and --seeds take comma lists of integers"),
+    (["--seeds=0,x"], "--ipcs and --seeds take comma lists of integers"),
+    (["--typo=1"], "unknown argument '--typo=1'"),
+])
+def test_bad_arguments_are_refused(capsys, argv, message):
   with pytest.raises(SystemExit) as exit_info:
-    study.main(["--out=/tmp/unused", "--group=methods,typo"])
+    study.main(["--out=/tmp/unused", *argv])
   assert exit_info.value.code == 2
-  assert "unknown --group 'typo'" in capsys.readouterr().err
+  assert message in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
+  mine = tmp_path / "notes.txt"
+  mine.write_text("mine")
+  with pytest.raises(SystemExit) as exit_info:
+    study.main([f"--out={mine}"])
+  assert exit_info.value.code == 2
+  assert f"--out {mine} is not a directory" in capsys.readouterr().err
+  assert mine.read_text() == "mine"
 
 
 def test_a_rerun_reads_finished_cells_back(tmp_path, monkeypatch):

@@ -8,7 +8,9 @@ for a plan at each budget (default 2 / 8 / 16 / 24 / 40 / 80 GB). Shapes come fr
 the dataset registry: nothing is loaded. Each candidate plan is compiled once per
 cell and reused across the budgets. The figures are XLA's compile-time memory
 analysis on the backend this runs on (see `ncfm_jax.plan` for what is counted),
-not measured peaks.
+not measured peaks; each row records its ``temp_factor``: run plainly, the CPU
+temporaries count once, as on a GPU/TPU; under ``python -m ncfm_jax.allocator``
+(tcmalloc, as the pipeline runs on CPU) twice.
 
 By default no candidate is timed (the table needs only the compile-time analysis,
 and timing a CPU step at batch_real 500-1024 takes minutes): the plan shown is then
@@ -68,6 +70,9 @@ def plan_cell(dataset: str, ipc: int, budgets_gb: Sequence[float], *,
       "dataset": dataset, "ipc": ipc, "classes": shape.num_classes,
       "image_size": shape.image_shape[0], "batch_real": int(d.batch_real),
       "pool_size": spec.pool_size, "data_on_device": spec.data_on_device,
+      # 2 where tcmalloc is preloaded on CPU (as `python -m ncfm_jax.main` does): the
+      # temporaries count twice (`plan_lib.temp_factor`).
+      "temp_factor": planner.temp_factor,
       "unbounded_gb": unbounded.planned_bytes / plan_lib.GB,
       "unbounded_xla": unbounded.xla,
       "all_classes_default_passes_gb": first_fast.planned_bytes / plan_lib.GB,

@@ -1,4 +1,8 @@
-"""Datasets (host numpy arrays) and per-class real-image sampling."""
+"""Datasets (host numpy arrays) and per-class real-image sampling.
+
+`python -m ncfm_jax.data.tinyimagenet_prepare` (not imported here, so that it runs
+as a script cleanly) arranges the official Tiny ImageNet by class.
+"""
 
 from ncfm_jax.data.sampling import ClassIndexedData
 from ncfm_jax.data.sampling import DEFAULT_DEVICE_LIMIT_BYTES
@@ -14,7 +18,6 @@ from ncfm_jax.data.sources import DatasetSpec
 from ncfm_jax.data.sources import dataset_shape
 from ncfm_jax.data.sources import imagenet_subset_wnids
 from ncfm_jax.data.sources import load_dataset
-from ncfm_jax.data.tinyimagenet_prepare import arrange_tinyimagenet
 
 __all__ = [
     "ClassIndexedData",
@@ -24,7 +27,6 @@ __all__ = [
     "DatasetShape",
     "DatasetSpec",
     "HostClassSampler",
-    "arrange_tinyimagenet",
     "dataset_shape",
     "effective_batch_real",
     "fits_on_device",

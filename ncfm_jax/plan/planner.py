@@ -191,9 +191,13 @@ class Planner:
     return None
 
   def smallest(self) -> tuple[Plan, Footprint]:
-    """The most frugal plan tried (the last policy at the smallest K)."""
-    plan = self.policies()[-1](self.ladder()[-1])
-    return plan, self.evaluate(plan)
+    """The plan needing the fewest bytes: every policy at the smallest K (memory
+    falls with K), the least of them. Not always the last policy's: one large pass
+    of a class can need less than smaller recomputed ones."""
+    plans = [policy(self.ladder()[-1]) for policy in self.policies()]
+    footprints = [self.evaluate(plan) for plan in plans]
+    least = min(range(len(plans)), key=lambda i: footprints[i].planned_bytes)
+    return plans[least], footprints[least]
 
   # ---------------------------------------------------------------- timing
   def seconds_per_step(self, plan: Plan, *, stop_above: float | None = None) -> float:
