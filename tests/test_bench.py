@@ -146,7 +146,7 @@ def test_every_memory_cell_has_its_config():
 
 def _blocks_args(**overrides) -> argparse.Namespace:
   flags = dict(batch=2, width=4, depth=2, image_size=8, channels=3, repeats=1, seed=0,
-               json=None)
+               matmul_size=64, json=None)
   return argparse.Namespace(**{**flags, **overrides})
 
 

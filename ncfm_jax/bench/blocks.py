@@ -54,14 +54,15 @@ def _pass_functions(depth: int, width: int):
 
 
 def measure(label: str, depth: int, width: int, shape: tuple[int, ...], repeats: int,
-            seed: int = 0) -> list[dict[str, Any]]:
-  """Rows (one per pass) of a ConvNet-`depth` on inputs of `shape` `[B, S, S, C]`."""
+            seed: int = 0, matmul_size: int | None = None) -> list[dict[str, Any]]:
+  """Rows (one per pass) of a ConvNet-`depth` on inputs of `shape` `[B, S, S, C]`;
+  `matmul_size`: side of the reference matmul (None: `common.matmul_probe`'s)."""
   key_x, key_p, key_w = jax.random.split(jax.random.PRNGKey(seed), 3)
   model, passes = _pass_functions(depth, width)
   x = jax.random.normal(key_x, shape)
   variables = model.init(key_p, x[:1])
   w = jax.random.normal(key_w, jax.eval_shape(lambda: passes["forward"](variables, x, None)).shape)
-  matmul_fn, matmul_flops = common.matmul_probe(count=2)
+  matmul_fn, matmul_flops = common.matmul_probe(matmul_size, count=2)
   rows = []
   for name, fn in passes.items():
     compiled = jax.jit(fn).lower(variables, x, w).compile()
@@ -105,6 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--channels", type=int, default=3)
   parser.add_argument("--repeats", type=int, default=9, help="timed calls per pass.")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--matmul-size", type=int, default=None,
+                      help="side of the reference matmul (default 2048 on CPU, 8192 else).")
   parser.add_argument("--json", default=None, help="write the rows here.")
 
 
@@ -123,10 +126,10 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
   for side, in_channels, d in block_shapes(args.image_size, args.channels, args.width,
                                            args.depth):
     rows += measure(f"block{d}", 1, args.width, (args.batch, side, side, in_channels),
-                    args.repeats, args.seed)
+                    args.repeats, args.seed, args.matmul_size)
   rows += measure("network", args.depth, args.width,
                   (args.batch, args.image_size, args.image_size, args.channels),
-                  args.repeats, args.seed)
+                  args.repeats, args.seed, args.matmul_size)
   add_shares(rows)
   for row in rows:
     row.update(env)
