@@ -77,7 +77,6 @@ def check_available(run, source: str) -> None:
 
 def _external_set(run, path: str):
   """Decoded training images float32 in [0, 1] and labels of an .npz file."""
-  check_available(run, FILE_PREFIX + path)
   with np.load(path) as stored:
     if "images" not in stored or "labels" not in stored:
       raise InputError(f"{path} needs arrays 'images' [N, H, W, C] and 'labels' [N]; "
@@ -106,6 +105,7 @@ def _decoded(stored: np.ndarray, factor: int) -> np.ndarray:
 def eval_set(run, source: str):
   """(images float32 `[N, H, W, C]` in [0, 1], labels `[N]`) of an evaluation source."""
   d = run.config.distill
+  check_available(run, source)
   if is_file_source(source):
     return _external_set(run, source[len(FILE_PREFIX):])
   if source == "random_real":  # ipc real images per class: the same storage budget
@@ -113,7 +113,6 @@ def eval_set(run, source: str):
     labels = np.repeat(np.arange(run.num_classes), d.ipc)
     return images.reshape((-1,) + images.shape[2:]), labels
   if source == "distilled":
-    check_available(run, source)
     stored = np.load(run.path("distilled.npz"))["images"]
   else:  # init
     path = run.path("init.npz")

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from ncfm_jax import config_lib
+from ncfm_jax.errors import InputError
 
 RESULTS = "results.json"
 _RECORD = "cell.json"  # in a cell's workdir: the command that finished there
@@ -45,6 +46,15 @@ class Cell:
 class GridResult(NamedTuple):
   results: dict[str, dict[str, Any]]  # cell name -> its metrics.json (earlier runs too)
   failures: list[str]  # one message per failed cell
+
+
+def check_overrides(passthrough: Sequence[str]) -> None:
+  """Raises InputError on an argument a grid would pass on to the CLI that is not a
+  ``--config.SECTION.FIELD=VALUE`` override."""
+  unknown = [a for a in passthrough if not a.startswith("--config.")]
+  if unknown:
+    raise InputError(f"unknown argument {unknown[0]!r} (config overrides are "
+                     f"--config.SECTION.FIELD=VALUE)")
 
 
 def child_env(parallel: int) -> dict[str, str]:

@@ -249,10 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args, passthrough = _parser().parse_known_args(argv)
   try:
-    unknown = [a for a in passthrough if not a.startswith("--config.")]
-    if unknown:
-      raise InputError(f"unknown argument {unknown[0]!r} (config overrides are "
-                       f"--config.SECTION.FIELD=VALUE)")
+    grid.check_overrides(passthrough)
     if not 0 < args.fraction <= 1:
       raise InputError(f"--fraction must be in (0, 1], got {args.fraction:g}")
     if args.num_eval < 1 or args.estimate_steps < 0:

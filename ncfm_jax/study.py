@@ -228,10 +228,6 @@ def main(argv=None) -> int:
   for group in groups:
     if group not in GROUPS:
       parser.error(f"unknown --group {group!r}; valid: {', '.join(GROUPS)}")
-  unknown = [a for a in passthrough if not a.startswith("--config.")]
-  if unknown:
-    parser.error(f"unknown argument {unknown[0]!r} (config overrides are "
-                 f"--config.SECTION.FIELD=VALUE)")
   try:
     ipcs = [int(i) for i in args.ipcs.split(",")]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()] or [None]
@@ -241,6 +237,7 @@ def main(argv=None) -> int:
   if args.parallel < 1:
     parser.error("--parallel must be >= 1")
   try:
+    grid.check_overrides(passthrough)
     wd.check_directory(args.out, "--out")
   except InputError as err:
     parser.error(str(err))
