@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ncfm_jax import errors
 from ncfm_jax.bench import __main__ as cli
 from ncfm_jax.bench import common
 from ncfm_jax.bench import step as step_bench
@@ -104,6 +105,33 @@ def test_workload_by_name():
   assert step_bench.workload_by_name("cifar10_ipc10") is step_bench.WORKLOADS["cifar10_ipc10"]
   with pytest.raises(ValueError, match="unknown workload"):
     step_bench.workload_by_name("cifar11")
+
+
+def test_step_overrides_take_the_type_of_their_field():
+  parse = step_bench.parse_override
+  assert parse("augment=none") == ("augment", "none")  # a strategy, not None
+  assert parse("freq_chunk=none") == ("freq_chunk", None)
+  assert parse("freq_chunk=1024") == ("freq_chunk", 1024)
+  assert parse("memory_budget_gb=0.6") == ("memory_budget_gb", 0.6)
+  assert parse("remat_syn=true") == ("remat_syn", True)
+  for bad, culprit in [("fre_chunk=8", "no field 'fre_chunk'"), ("freq_chunk", "no field"),
+                       ("freq_chunk=abc", "takes an int"), ("remat_syn=maybe", "boolean")]:
+    with pytest.raises(errors.InputError, match=culprit):
+      parse(bad)
+
+
+@pytest.mark.parametrize("flags, culprit", [
+    (["--set=fre_chunk=8"], "--set=fre_chunk=8: the distill config has no field"),
+    (["--repeats=3"], "--repeats must be >= 5"),
+    (["--workload=cifar11"], "unknown --workload 'cifar11'"),
+])
+def test_step_refuses_bad_flags_in_one_line_before_measuring(flags, culprit):
+  done = subprocess.run([sys.executable, "-m", "ncfm_jax.bench", "step", *flags], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert done.returncode == 2, done.stderr
+  line, = done.stderr.strip().splitlines()
+  assert line.startswith("python -m ncfm_jax.bench step: ") and culprit in line
+  assert "step benchmark" not in done.stdout  # nothing measured, no child started
 
 
 @pytest.mark.slow

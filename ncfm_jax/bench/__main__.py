@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from ncfm_jax.errors import InputError
+
 
 class Subcommand(NamedTuple):
   module: str  # imported only when the subcommand is asked for
@@ -48,7 +50,8 @@ def available() -> dict[str, Subcommand]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Parses `argv` (default ``sys.argv[1:]``), runs the subcommand; 0 on success."""
+  """Parses `argv` (default ``sys.argv[1:]``), runs the subcommand; 0 on success,
+  2 with one line on stderr for bad input (an `InputError`)."""
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = argparse.ArgumentParser(prog="python -m ncfm_jax.bench",
                                    description="Micro-benchmarks of ncfm_jax.")
@@ -63,7 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       module.add_arguments(sub)
       sub.set_defaults(run=module.run_from_args)
   args = parser.parse_args(argv)
-  args.run(args)
+  try:
+    args.run(args)
+  except InputError as err:
+    print(f"python -m ncfm_jax.bench {args.command}: {err}", file=sys.stderr)
+    return 2
   return 0
 
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from ncfm_jax.bench import common
+from ncfm_jax.errors import InputError
 from ncfm_jax.ncfd import gaussian_frequencies
 from ncfm_jax.ncfd import ncfd
 
@@ -130,7 +131,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
   """Measures every (F, chunk) of the flags, prints a table, returns the rows."""
   if args.runs < 1:
-    raise ValueError(f"--runs must be >= 1, got {args.runs}.")
+    raise InputError(f"--runs must be >= 1, got {args.runs}.")
   shape_args = [f"--num-real={args.num_real}", f"--num-syn={args.num_syn}",
                 f"--dim={args.dim}", f"--runs={args.runs}", f"--warmup={args.warmup}",
                 f"--seed={args.seed}"]

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 
 from ncfm_jax import models
 from ncfm_jax.bench import common as bench_common
+from ncfm_jax.errors import InputError
 from ncfm_jax.models import common
 
 class PlainInstanceNorm(nn.Module):
@@ -144,7 +145,7 @@ def _case_functions(case: str, args: argparse.Namespace):
     variables = common.InstanceNorm().init(key_p, x[:1])
     out_shape = x.shape
   else:
-    raise ValueError(f"unknown case {case!r}; valid: {', '.join(CASES)}")
+    raise InputError(f"unknown case {case!r}; valid: {', '.join(CASES)}")
   variables = _perturb_affine(variables, key_p)
   # No jax.eval_shape(forward, ...) here: JAX caches the trace of `forward`, and a
   # trace made outside _instance_norm would be reused inside it.
@@ -250,7 +251,7 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
   impls = args.impls.split(",")
   unknown = [i for i in impls if i not in IMPLEMENTATIONS]
   if unknown:
-    raise ValueError(f"unknown impls {unknown}; valid: {', '.join(IMPLEMENTATIONS)}")
+    raise InputError(f"unknown impls {unknown}; valid: {', '.join(IMPLEMENTATIONS)}")
   env = _environment()
   rows = []
   for case in args.cases.split(","):

@@ -47,6 +47,7 @@ from ncfm_jax import sharding
 from ncfm_jax import train as train_lib
 from ncfm_jax.bench import common
 from ncfm_jax.bench import step as step_bench
+from ncfm_jax.errors import InputError
 
 DISTILL_COLUMNS = ("devices", "layout", "seconds_per_step", "steps_per_second", "speedup",
                    "overhead_vs_plain", "first_call_seconds")
@@ -86,7 +87,7 @@ def _measure_distill(num_devices: int, workload_name: str, layouts: Sequence[str
           run, sharding.shard_state(copy(state), mesh, class_sharded),
           sharding.replicate(pool, mesh), sharding.replicate(data, mesh))
     else:
-      raise ValueError(f"unknown layout {layout!r}; use plain, dp or cs")
+      raise InputError(f"unknown layout {layout!r}; use plain, dp or cs")
   timings = common.time_interleaved(cases, repeats)
   rows = []
   for layout, timing in timings.items():

@@ -35,6 +35,7 @@ from ncfm_jax import plan as plan_lib
 from ncfm_jax import train as train_lib
 from ncfm_jax.bench import common
 from ncfm_jax.data import sampling
+from ncfm_jax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +84,7 @@ def workload_by_name(name: str) -> Workload:
   """A `WORKLOADS` entry by name; ``X_small`` is `small_variant` of X."""
   base = name[:-len("_small")] if name.endswith("_small") else name
   if base not in WORKLOADS:
-    raise ValueError(f"unknown workload {name!r}; valid: {sorted(WORKLOADS)} (+ '_small')")
+    raise InputError(f"unknown workload {name!r}; valid: {sorted(WORKLOADS)} (+ '_small')")
   return small_variant(WORKLOADS[base]) if name != base else WORKLOADS[base]
 
 
@@ -293,21 +294,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--json", default=None, help="write the rows to this JSON file")
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
-  """``"freq_chunk=1024"`` -> ``("freq_chunk", 1024)``; none/true/false understood."""
-  key, _, value = text.partition("=")
-  for convert in (int, float):
-    try:
-      return key, convert(value)
-    except ValueError:
-      pass
-  return key, {"none": None, "true": True, "false": False}.get(value.lower(), value)
+def parse_override(text: str) -> tuple[str, Any]:
+  """``"freq_chunk=1024"`` -> ``("freq_chunk", 1024)``: the value converted to the
+  type of that ``distill`` field; ``none`` is None for a field that may be None
+  (``augment=none`` stays the string). An unknown field or a value of the wrong
+  type raises InputError."""
+  key, sep, value = text.partition("=")
+  fields = config_lib.base_config().distill
+  if not sep or key not in fields:
+    raise InputError(f"--set={text}: the distill config has no field {key!r} "
+                     f"(use --set=FIELD=VALUE; fields: {', '.join(sorted(fields))})")
+  kind = fields.get_type(key)
+  if kind is str:
+    return key, value
+  if value.lower() == "none" and fields[key] is None:
+    return key, None
+  if kind is bool:
+    if value.lower() not in ("true", "false", "1", "0"):
+      raise InputError(f"--set={text}: {key} is a boolean (true or false)")
+    return key, value.lower() in ("true", "1")
+  try:
+    return key, kind(value)
+  except (TypeError, ValueError):
+    expected = {int: "an int", float: "a number"}.get(kind, kind.__name__)
+    raise InputError(f"--set={text}: {key} takes {expected}") from None
 
 
 def _measure_named(args: argparse.Namespace, name: str) -> dict[str, Any]:
   workload = small_variant(WORKLOADS[name]) if args.small else WORKLOADS[name]
   use_scan = execution.resolve_use_scan(None if args.scan == "auto" else args.scan == "true")
-  overrides = dict(_parse_override(item) for item in args.set)
+  overrides = dict(parse_override(item) for item in args.set)
   row = measure(workload, args.steps_per_call, args.repeats, use_scan,
                 unroll=args.unroll, plan=args.plan == "auto", **overrides)
   row.update(common.environment(), overrides=overrides)
@@ -339,11 +355,13 @@ def _print_table(rows: list[dict[str, Any]], steps_per_call: int) -> None:
 def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
   """Measures every ``--workload``, prints a table, returns the rows."""
   if args.repeats < 5:
-    raise ValueError(f"--repeats must be >= 5, got {args.repeats}")
+    raise InputError(f"--repeats must be >= 5, got {args.repeats}")
   names = [n.strip() for n in args.workload.split(",") if n.strip()]
   for name in names:
     if name not in WORKLOADS:
-      raise ValueError(f"unknown --workload {name!r}; valid: {sorted(WORKLOADS)}")
+      raise InputError(f"unknown --workload {name!r}; valid: {sorted(WORKLOADS)}")
+  for item in args.set:  # refused here, before any child process starts
+    parse_override(item)
   if args.single is not None:  # child process: one workload
     rows = [_measure_named(args, args.single)]
     common.emit_rows(rows)
