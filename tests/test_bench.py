@@ -120,18 +120,32 @@ def test_step_overrides_take_the_type_of_their_field():
       parse(bad)
 
 
-@pytest.mark.parametrize("flags, culprit", [
-    (["--set=fre_chunk=8"], "--set=fre_chunk=8: the distill config has no field"),
-    (["--repeats=3"], "--repeats must be >= 5"),
-    (["--workload=cifar11"], "unknown --workload 'cifar11'"),
+@pytest.mark.parametrize("argv, culprit", [
+    (["step", "--set=fre_chunk=8"], "--set=fre_chunk=8: the distill config has no field"),
+    (["step", "--repeats=3"], "--repeats must be >= 5"),
+    (["step", "--workload=cifar11"], "unknown --workload 'cifar11'"),
+    (["memory", "--cells=cifar10:x"], "--cells: 'cifar10:x' is not dataset:ipc"),
+    (["memory", "--cells=cifar11:1"], "--cells=cifar11:1: config 'configs/cifar11.py'"),
+    (["memory", "--budgets=-1"], "--budgets: '-1' is below"),
+    (["scaling", "--overrides={\"wdth\": 8}"], "not an object of Workload fields"),
+    (["scaling", "--layouts=dp,xx"], "--layouts: unknown xx"),
+    (["ncfd", "--freqs=1k"], "--freqs: '1k' is not an int"),
 ])
-def test_step_refuses_bad_flags_in_one_line_before_measuring(flags, culprit):
-  done = subprocess.run([sys.executable, "-m", "ncfm_jax.bench", "step", *flags], cwd=ROOT,
+def test_bad_flags_are_refused_in_one_line_before_measuring(argv, culprit):
+  done = subprocess.run([sys.executable, "-m", "ncfm_jax.bench", *argv], cwd=ROOT,
                         capture_output=True, text=True, timeout=120, check=False)
   assert done.returncode == 2, done.stderr
   line, = done.stderr.strip().splitlines()
-  assert line.startswith("python -m ncfm_jax.bench step: ") and culprit in line
-  assert "step benchmark" not in done.stdout  # nothing measured, no child started
+  assert line.startswith(f"python -m ncfm_jax.bench {argv[0]}: ") and culprit in line
+  assert not done.stdout.strip()  # nothing measured, no child started
+
+
+def test_parse_list_names_the_flag_and_the_value():
+  assert common.parse_list("1, 2,,4", int, "--n") == [1, 2, 4]
+  for text, culprit in [("1,x", "--n: 'x' is not an int"), ("0", "--n: '0' is below 1"),
+                        (" , ", "--n: no value given")]:
+    with pytest.raises(errors.InputError, match=culprit):
+      common.parse_list(text, int, "--n", minimum=1)
 
 
 @pytest.mark.slow
@@ -200,5 +214,5 @@ def test_blocks_cover_the_network_and_their_shares_sum_to_one():
   first = {r["pass"]: r for r in rows if r["block"] == "block0"}
   # The input gradient is counted: about twice the forward's FLOPs.
   assert first["forward+input_grad"]["gflops"] > 1.5 * first["forward"]["gflops"]
-  with pytest.raises(SystemExit, match="too small for --depth"):
+  with pytest.raises(errors.InputError, match="too small for --depth"):
     blocks.run_from_args(_blocks_args(depth=4))

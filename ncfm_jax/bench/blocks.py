@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from ncfm_jax.bench import common
+from ncfm_jax.errors import InputError
 from ncfm_jax.models.convnet import ConvNet
 
 PASSES = ("forward", "forward+input_grad")
@@ -115,10 +116,10 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
   """Measures every block and the network, prints a table, returns (and saves) rows."""
   for flag in ("batch", "width", "depth", "image_size", "channels", "repeats"):
     if getattr(args, flag) < 1:
-      raise SystemExit(f"error: --{flag.replace('_', '-')} must be >= 1, "
+      raise InputError(f"--{flag.replace('_', '-')} must be >= 1, "
                        f"got {getattr(args, flag)}")
   if args.image_size < 2**args.depth:
-    raise SystemExit(f"error: --image-size {args.image_size} is too small for "
+    raise InputError(f"--image-size {args.image_size} is too small for "
                      f"--depth {args.depth}")
   env = common.environment()
   env["command"] = "python -m ncfm_jax.bench blocks " + " ".join(sys.argv[2:])

@@ -11,7 +11,8 @@ One copy of each helper, used by the `ncfd`, `step` and `scaling` subcommands:
   come back on marked stdout lines;
 * `RssWindow`, `peak_rss_bytes`, `device_peak_bytes`, `peak_memory_mb`;
 * `matmul_gflops`: the dense matmul rate a step's FLOP rate is compared with;
-* `markdown_table`, `write_json`.
+* `markdown_table`, `write_json`;
+* `parse_list`: a comma-list flag, refused in one line (InputError) when malformed.
 
 The run functions being timed are the library's own (`execution.make_run_steps`).
 """
@@ -36,9 +37,37 @@ import jax
 import jax.numpy as jnp
 
 from ncfm_jax import allocator
+from ncfm_jax.errors import InputError
 
 MIB = 2**20
 _ROW_MARKER = "BENCH_ROW "
+
+
+# --------------------------------------------------------------------------
+# Flags.
+
+
+def parse_list(text: str, convert: Callable[[str], Any], flag: str,
+               minimum: float | None = None, kind: str | None = None) -> list[Any]:
+  """``"1,2,4"`` -> ``[convert("1"), ...]`` for the flag `flag` (empty items
+  skipped). A value `convert` refuses (ValueError; `kind` says what was
+  expected), one below `minimum`, or no value at all raises InputError naming
+  the flag and the value."""
+  values = []
+  for item in (part.strip() for part in text.split(",")):
+    if not item:
+      continue
+    try:
+      value = convert(item)
+    except (TypeError, ValueError):
+      expected = kind or {int: "an int", float: "a number"}.get(convert, "valid")
+      raise InputError(f"{flag}: {item!r} is not {expected}") from None
+    if minimum is not None and value is not None and value < minimum:
+      raise InputError(f"{flag}: {item!r} is below {minimum:g}")
+    values.append(value)
+  if not values:
+    raise InputError(f"{flag}: no value given")
+  return values
 
 
 # --------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import jax
 
 from ncfm_jax import config_lib
 from ncfm_jax import plan as plan_lib
+from ncfm_jax.bench import common
 from ncfm_jax.data import sources
 from ncfm_jax.errors import InputError
 
@@ -48,6 +49,14 @@ def cell_config(dataset: str, ipc: int, batch_real: int = RELEASE_BATCH_REAL):
   config = config_lib.load_config(f"configs/{dataset}.py:ipc={ipc}")
   config.distill.batch_real = batch_real
   return config
+
+
+def _parse_cell(text: str) -> tuple[str, int]:
+  """``"cifar100:50"`` -> ``("cifar100", 50)``; ValueError when malformed."""
+  dataset, sep, ipc = text.partition(":")
+  if not dataset or not sep or int(ipc) < 1:
+    raise ValueError(text)
+  return dataset, int(ipc)
 
 
 def plan_cell(dataset: str, ipc: int, budgets_gb: Sequence[float], *,
@@ -126,11 +135,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
-  budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
-  cells = []
-  for item in args.cells.split(","):
-    dataset, _, ipc = item.strip().partition(":")
-    cells.append((dataset, int(ipc)))
+  budgets = common.parse_list(args.budgets, float, "--budgets", minimum=0.001)
+  cells = common.parse_list(args.cells, _parse_cell, "--cells", kind="dataset:ipc")
+  for dataset, ipc in cells:  # a config that is not there: refused before any work
+    try:
+      cell_config(dataset, ipc)
+    except FileNotFoundError as err:
+      raise InputError(f"--cells={dataset}:{ipc}: {err}") from None
   device = jax.devices()[0]
   print(f"# memory plans: XLA's compile-time analysis on {device.platform} "
         f"({device.device_kind}), jax {jax.__version__}; batch_real {args.batch_real} "

@@ -144,11 +144,13 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
     common.emit_rows(rows)
     return rows
 
+  all_freqs = common.parse_list(args.freqs, int, "--freqs", minimum=1)
+  chunks = common.parse_list(args.chunks, _parse_chunk, "--chunks", minimum=1,
+                             kind="an int or none")
   _print_header(args)
   rows = []
-  for freqs in (int(f) for f in args.freqs.split(",")):
-    for chunk_text in args.chunks.split(","):
-      chunk = _parse_chunk(chunk_text)
+  for freqs in all_freqs:
+    for chunk in chunks:
       if args.in_process:
         row = measure_here(freqs, chunk)
       else:

@@ -49,6 +49,9 @@ from ncfm_jax.bench import common
 from ncfm_jax.bench import step as step_bench
 from ncfm_jax.errors import InputError
 
+LAYOUTS = ("plain", "dp", "cs")
+"""Distillation step layouts: unsharded, data-parallel, class-sharded (sharding.py)."""
+
 DISTILL_COLUMNS = ("devices", "layout", "seconds_per_step", "steps_per_second", "speedup",
                    "overhead_vs_plain", "first_call_seconds")
 TRAIN_COLUMNS = ("mode", "models", "devices", "seconds_per_step", "model_steps_per_second",
@@ -87,7 +90,7 @@ def _measure_distill(num_devices: int, workload_name: str, layouts: Sequence[str
           run, sharding.shard_state(copy(state), mesh, class_sharded),
           sharding.replicate(pool, mesh), sharding.replicate(data, mesh))
     else:
-      raise InputError(f"unknown layout {layout!r}; use plain, dp or cs")
+      raise InputError(f"unknown layout {layout!r}; use {', '.join(LAYOUTS)}")
   timings = common.time_interleaved(cases, repeats)
   rows = []
   for layout, timing in timings.items():
@@ -300,6 +303,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--child-train", type=int, default=None, help=argparse.SUPPRESS)
 
 
+def _parse_overrides(text: str) -> dict[str, Any]:
+  """``--overrides`` JSON -> a dict of `step.Workload` fields; InputError otherwise."""
+  try:
+    overrides = json.loads(text)
+  except json.JSONDecodeError:
+    raise InputError(f"--overrides={text}: not JSON (e.g. '{{\"width\": 64}}')") from None
+  fields = {f.name for f in dataclasses.fields(step_bench.Workload)}
+  if not isinstance(overrides, dict) or set(overrides) - fields:
+    raise InputError(f"--overrides={text}: not an object of Workload fields "
+                     f"({', '.join(sorted(fields))})")
+  return overrides
+
+
 def _use_scan(text: str) -> bool | None:
   return None if text == "None" else text == "True"
 
@@ -317,10 +333,15 @@ def run_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
                           args.steps_per_call, args.repeats, args.width, args.depth)
     common.emit_rows(rows)
     return rows
-  counts = tuple(int(n) for n in args.device_counts.split(","))
-  rows = run_scaling(counts, args.workload, tuple(args.layouts.split(",")),
-                     args.steps_per_call, args.repeats, _use_scan(args.use_scan),
-                     args.backend, json.loads(args.overrides))
+  counts = tuple(common.parse_list(args.device_counts, int, "--device-counts", minimum=1))
+  layouts = tuple(common.parse_list(args.layouts, str, "--layouts"))
+  unknown = sorted(set(layouts) - set(LAYOUTS))
+  if unknown:
+    raise InputError(f"--layouts: unknown {', '.join(unknown)}; use {', '.join(LAYOUTS)}")
+  step_bench.workload_by_name(args.workload)  # refused here, not in a child
+  overrides = _parse_overrides(args.overrides)
+  rows = run_scaling(counts, args.workload, layouts, args.steps_per_call, args.repeats,
+                     _use_scan(args.use_scan), args.backend, overrides)
   print(common.markdown_table(rows, DISTILL_COLUMNS), flush=True)
   if args.train:
     train_rows = run_train_parallelism(2, args.batch_size, args.num_examples,
