@@ -111,6 +111,8 @@ def test_step_overrides_take_the_type_of_their_field():
   parse = step_bench.parse_override
   assert parse("augment=none") == ("augment", "none")  # a strategy, not None
   assert parse("freq_chunk=none") == ("freq_chunk", None)
+  assert parse("block_loop=none") == ("block_loop", None)  # a str field that may be None
+  assert parse("block_loop=scan") == ("block_loop", "scan")
   assert parse("freq_chunk=1024") == ("freq_chunk", 1024)
   assert parse("memory_budget_gb=0.6") == ("memory_budget_gb", 0.6)
   assert parse("remat_syn=true") == ("remat_syn", True)

@@ -305,10 +305,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     raise InputError(f"--set={text}: the distill config has no field {key!r} "
                      f"(use --set=FIELD=VALUE; fields: {', '.join(sorted(fields))})")
   kind = fields.get_type(key)
-  if kind is str:
-    return key, value
   if value.lower() == "none" and fields[key] is None:
     return key, None
+  if kind is str:
+    return key, value
   if kind is bool:
     if value.lower() not in ("true", "false", "1", "0"):
       raise InputError(f"--set={text}: {key} is a boolean (true or false)")
