@@ -46,6 +46,9 @@ _ROW_MARKER = "BENCH_ROW "
 # --------------------------------------------------------------------------
 # Flags.
 
+TYPE_NAMES = {int: "an int", float: "a number"}
+"""How a flag's error names the type it expected."""
+
 
 def parse_list(text: str, convert: Callable[[str], Any], flag: str,
                minimum: float | None = None, kind: str | None = None) -> list[Any]:
@@ -60,7 +63,7 @@ def parse_list(text: str, convert: Callable[[str], Any], flag: str,
     try:
       value = convert(item)
     except (TypeError, ValueError):
-      expected = kind or {int: "an int", float: "a number"}.get(convert, "valid")
+      expected = kind or TYPE_NAMES.get(convert, "valid")
       raise InputError(f"{flag}: {item!r} is not {expected}") from None
     if minimum is not None and value is not None and value < minimum:
       raise InputError(f"{flag}: {item!r} is below {minimum:g}")

@@ -316,7 +316,7 @@ def parse_override(text: str) -> tuple[str, Any]:
   try:
     return key, kind(value)
   except (TypeError, ValueError):
-    expected = {int: "an int", float: "a number"}.get(kind, kind.__name__)
+    expected = common.TYPE_NAMES.get(kind, kind.__name__)
     raise InputError(f"--set={text}: {key} takes {expected}") from None
 
 
