@@ -157,7 +157,15 @@ def base_config() -> ml_collections.ConfigDict:
   config.distill.alpha = 0.5
   config.distill.beta = 0.5
   config.distill.loss_scale = 300.0  # (release) per-class multiplier
+  # "per_class" (release): for each class in turn its loss and one optimizer update
+  # of the whole synthetic tensor (C updates per iteration, then C per calibration
+  # round); "batched": all classes' gradients in one update (distill.py).
+  config.distill.update_mode = "per_class"
+  # The images' optimizer: "adamw" (release: lr_img 0.01 x lr_scale_adam 0.1) or
+  # "sgd" (release CIFAR-100 ipc 10: lr 0.01, momentum mom_img 0.5, no weight decay).
+  config.distill.optimizer = "adamw"
   config.distill.lr = 1e-3  # (release) 0.01 x 0.1
+  config.distill.momentum = 0.5  # (release) mom_img, for optimizer="sgd"
   config.distill.weight_decay = 5e-4
   config.distill.plateau_patience = 500
   config.distill.plateau_factor = 0.5
@@ -168,13 +176,18 @@ def base_config() -> ml_collections.ConfigDict:
   config.distill.psi_lr = 1e-3
   config.distill.psi_momentum = 0.5
   config.distill.calibration_weight = 1.0
-  # "folded": the calibration cross-entropy joins the match loss in one backward
-  # pass, on the same augmentation draw; "separate": the release's extra image
-  # update from it after the match update, on its own draw.
-  config.distill.calibration_mode = "folded"
+  # "separate" (release): calibration_iters rounds of image updates from the
+  # calibration cross-entropy after the match updates, each on its own draw (per
+  # class with update_mode="per_class"); "folded": it joins the match loss in one
+  # backward pass, on the same augmentation draw.
+  config.distill.calibration_mode = "separate"
+  config.distill.calibration_iters = 1  # (release) iter_calib
   # "shared": one frequency draw for every class of a step; "per_class": one each,
   # as the release (which loops the classes) draws them.
   config.distill.frequency_draw = "shared"
+  # Real images of a step: "fresh" (a new class-balanced draw every step) or
+  # "first" (the release's loader: the same first batch_real images of each class).
+  config.distill.real_sampling = "fresh"
   config.distill.augment = "color_crop_cutout"
   # Steps run per host call: `lax.scan` over this many steps when use_scan,
   # else a Python loop over a jitted single step. None = scan on GPU/TPU, loop
@@ -200,20 +213,27 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.max_steps = ml_collections.FieldReference(None, field_type=int)
   config.eval.batch_size = 128
   config.eval.optimizer = "adamw"
-  config.eval.lr = 1e-3
+  config.eval.lr = 1e-3  # (release) adamw_lr
   config.eval.momentum = 0.9
-  # (release) torch AdamW's default: the release passes no weight_decay.
-  config.eval.weight_decay = 0.01
+  # (release) the yaml's weight_decay, which its evaluation passes to AdamW.
+  config.eval.weight_decay = 5e-4
   # (release) lr x0.5 at each fifth of the steps.
   config.eval.lr_decay_fractions = (0.2, 0.4, 0.6, 0.8)
   config.eval.lr_decay_factor = 0.5
-  # Per image, torchvision's RandomResizedCrop (area 0.5-1, aspect 3/4-4/3, resized
-  # back to the image size) before DSA and CutMix, as the release's yaml `rrc: True`
-  # asks (its loader applies the crop only to ImageNet subsets with DSA off).
-  config.eval.rrc = True
-  config.eval.augment = "color_crop"
+  # Per image, torchvision's RandomResizedCrop (area 0.5-1) before DSA. Off as in
+  # the release: with DSA on it never crops (its yaml's `rrc: True` acts only on
+  # ImageNet subsets with DSA off); for DSA-off runs (eval.augment="none").
+  config.eval.rrc = False
+  # (release) dsa_strategy color_crop_cutout_flip_scale_rotate without cutout (CutMix
+  # is on): per image flip, colour, then one of crop / scale / rotate per call.
+  config.eval.augment = "color_crop_flip_scale_rotate"
   config.eval.cutmix_prob = 0.5
   config.eval.cutmix_beta = 1.0
+  # Test accuracy every epoch_eval_interval epochs of the distilled set (release:
+  # 100) and after the last step; eval_every (steps) overrides it. metrics.json
+  # keeps the final accuracy and the best of these checkpoints (the release's).
+  config.eval.epoch_eval_interval = 100
+  config.eval.eval_every = ml_collections.FieldReference(None, field_type=int)
   config.eval.soft_labels = False
   config.eval.soft_label_temperature = 1.0
   config.eval.steps_per_call = 50
@@ -230,6 +250,7 @@ def imagenet_subset_config(name: str, arg: str | None) -> ml_collections.ConfigD
   config.model.depth = 5
   config.pretrain.epochs = 80  # (release) 128 px
   config.distill.ipc = args.ipc
+  config.distill.batch_real = 128  # (release) config/ipc*/<subset>.yaml
   return config
 
 
@@ -245,12 +266,22 @@ def validate_config(config, *, model_names: Sequence[str], eval_sources: Sequenc
       (d.plateau_monitor in ("loss", "fixed_ncfd", "calibration", "none"),
        f"distill.plateau_monitor must be loss, fixed_ncfd, calibration or none, "
        f"got {d.plateau_monitor!r}"),
+      (d.update_mode in ("per_class", "batched"),
+       f"distill.update_mode must be per_class or batched, got {d.update_mode!r}"),
+      (d.optimizer in ("adamw", "sgd"),
+       f"distill.optimizer must be adamw or sgd, got {d.optimizer!r}"),
       (d.calibration_mode in ("folded", "separate"),
        f"distill.calibration_mode must be folded or separate, got {d.calibration_mode!r}"),
+      (d.calibration_iters >= 0,
+       f"distill.calibration_iters must be >= 0, got {d.calibration_iters}"),
       (d.frequency_draw in ("shared", "per_class"),
        f"distill.frequency_draw must be shared or per_class, got {d.frequency_draw!r}"),
-      (not d.class_block or (d.calibration_mode == "folded" and d.frequency_draw == "shared"),
-       "distill.class_block needs calibration_mode=folded and frequency_draw=shared"),
+      (d.real_sampling in ("fresh", "first"),
+       f"distill.real_sampling must be fresh or first, got {d.real_sampling!r}"),
+      (d.update_mode == "per_class" or not d.class_block
+       or (d.calibration_mode == "folded" and d.frequency_draw == "shared"),
+       "distill.class_block with update=batched needs calibration_mode=folded and "
+       "frequency_draw=shared"),
       (d.init in ("mix", "real", "noise"),
        f"distill.init must be mix, real or noise, got {d.init!r}"),
       (d.num_freqs >= 1 and d.batch_real >= 1 and d.steps >= 0,

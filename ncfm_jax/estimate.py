@@ -95,7 +95,8 @@ def _train_seconds(model, train_config, images, classes: int, mean, std, steps: 
 def measure(config, dataset: str, steps: int) -> dict[str, Any]:
   """Seconds per step of each phase of `config`, on random data of its shapes.
 
-  Distillation: the cell's `distill.make_distill_step` run by
+  Distillation: the step the pipeline runs (`planned_distill`: ``batch_real``
+  capped at the smallest class, the memory plan applied) by
   `execution.make_run_steps` over a pool of one random network, sampling real
   batches from ``batch_real`` random uint8 images per class. Pool and evaluation
   training: `train.make_train_chunk` on a ``2 x batch`` random training set and
@@ -103,8 +104,9 @@ def measure(config, dataset: str, steps: int) -> dict[str, Any]:
   Each is one first call of `steps` steps (compiles) and one timed call.
 
   Returns:
-    ``{"pretrain": s, "distill": s, "eval": {arch: s}}`` per step, and the
-    same under ``"compile"``: seconds of compilation (see `_seconds_per_step`).
+    ``{"pretrain": s, "distill": s, "eval": {arch: s}}`` per step, the same under
+    ``"compile"``: seconds of compilation (see `_seconds_per_step`), and ``"plan"``:
+    the distillation's plan (`Plan.describe`).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -126,7 +128,7 @@ def measure(config, dataset: str, steps: int) -> dict[str, Any]:
                             image_size=size, channels=channels)
 
   rng = np.random.default_rng(0)
-  d = config.distill.copy_and_resolve_references()
+  d, described = planned_distill(config, dataset, mean, std)
   model = make(m.name)
   example = jnp.zeros((1,) + shape)
   variables = train.init_variables(jax.random.PRNGKey(0), model, example)
@@ -150,7 +152,23 @@ def measure(config, dataset: str, steps: int) -> dict[str, Any]:
   def pick(i):  # 0: seconds per step, 1: compilation
     return {"distill": timed["distill"][i], "pretrain": timed["pretrain"][i],
             "eval": {arch: value[i] for arch, value in evals.items()}}
-  return {**pick(0), "compile": pick(1)}
+  return {**pick(0), "compile": pick(1), "plan": described}
+
+
+def planned_distill(config, dataset: str, mean, std):
+  """(the cell's distill config as the pipeline runs it, its plan described): its
+  `batch_real` capped at the smallest class (`paper.train_images`), the memory plan
+  chosen for its budget (`plan.choose`, the pipeline's choice on one device)."""
+  from ncfm_jax import plan as plan_lib  # pylint: disable=g-import-not-at-top
+  classes = num_classes(config, dataset)
+  per_class = train_images(config, dataset) // classes
+  shape = (int(config.data.image_size),) * 2 + (CHANNELS.get(dataset, 3),)
+  d = plan_lib.capped_distill_config(config.distill, [per_class], tag="estimate")
+  spec = plan_lib.make_spec(config, num_classes=classes, image_shape=shape,
+                            train_images=per_class * classes, largest_class=per_class,
+                            mean=mean, std=std)
+  choice = plan_lib.choose(spec, d, log=None)
+  return choice.plan.apply(d, classes), choice.plan.describe(classes)
 
 
 def device_name() -> str:
@@ -204,7 +222,8 @@ def estimate_line(p, seconds: Mapping[str, Any], parts: Mapping[str, float]) -> 
   items = [f"pool {c.pretrain.num_models} x {pool_steps:.0f} steps x "
            f"{seconds['pretrain']:.3g} s = {format_seconds(parts['pool'])}",
            f"distill {c.distill.steps} steps x {seconds['distill']:.3g} s = "
-           f"{format_seconds(parts['distill'])}"]
+           f"{format_seconds(parts['distill'])}"
+           + (f" ({seconds['plan']})" if seconds.get("plan") else "")]
   items += [f"eval {arch} {c.eval.num_eval} x {eval_steps} steps x "
             f"{seconds['eval'][arch]:.3g} s = {format_seconds(parts['eval ' + arch])}"
             for arch in c.eval.archs]

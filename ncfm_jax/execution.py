@@ -154,16 +154,24 @@ class HostBlockStep(NamedTuple):
   step: Callable  # (state, pool, source_item) -> (state, metrics)
 
 
-def make_host_block_step(blocks, batch_real: int, block_size: int) -> HostBlockStep:
+def real_block(source_item, base_key, step, batch_real: int, start, size: int,
+               fixed: bool = False):
+  """uint8 `[size, B, H, W, Ch]` real images of classes start .. start + size - 1 of
+  step `step`: drawn on the device from a `ClassIndexedData` (the same images as
+  the step's whole batch), or sliced from a streamed batch `[C, B, ...]`."""
+  if isinstance(source_item, sampling.ClassIndexedData):
+    return sampling.sample_class_block(step_keys(base_key, step).sample, source_item,
+                                       batch_real, start, size, fixed=fixed)
+  return jax.lax.dynamic_slice_in_dim(source_item, start, size)
+
+
+def make_host_block_step(blocks, batch_real: int, block_size: int,
+                         fixed_real: bool = False) -> HostBlockStep:
   """`blocks` (a `distill.ClassBlocks`) run block by block from the host."""
 
   def accumulate(summed, syn_images, source_item, base_key, step, draws, block):
     start = block * block_size
-    if isinstance(source_item, sampling.ClassIndexedData):
-      real = sampling.sample_class_block(step_keys(base_key, step).sample, source_item,
-                                         batch_real, start, block_size)
-    else:
-      real = jax.lax.dynamic_slice_in_dim(source_item, start, block_size)
+    real = real_block(source_item, base_key, step, batch_real, start, block_size, fixed_real)
     grads = blocks.block_gradients(syn_images, real, draws, block, block_size)
     added = jax.tree.map(jnp.add, summed._replace(syn=None), grads._replace(syn=None))
     return added._replace(syn=jax.lax.dynamic_update_slice_in_dim(
@@ -184,6 +192,53 @@ def make_host_block_step(blocks, batch_real: int, block_size: int) -> HostBlockS
     return finish(state, summed)
 
   return HostBlockStep(begin, zeros, block_gradients, finish, step)
+
+
+class HostClassStep(NamedTuple):
+  """The per-class iteration (`distill.ClassUpdates`) as a host loop of jitted
+  pieces: one class's activations at a time, the state donated from piece to piece."""
+  begin: Callable  # (state, pool) -> (state, draws, sums); donates state
+  update: Callable  # (state, sums, source_item, draws, c) -> (state, sums); donates both
+  calibrate: Callable  # (state, sums, draws, c, round) -> (state, sums); donates both
+  finish: Callable  # (state, sums) -> (state, metrics); donates state
+  step: Callable  # (state, pool, source_item) -> (state, metrics)
+
+
+def make_host_class_step(classes, batch_real: int, fixed_real: bool = False) -> HostClassStep:
+  """`classes` (a `distill.ClassUpdates`) run class by class from the host."""
+
+  def update(state, sums, source_item, draws, c):
+    real = real_block(source_item, state.key, state.step, batch_real, c, 1, fixed_real)
+    return classes.update(state, sums, real, draws, c)
+
+  begin = jax.jit(classes.begin, donate_argnums=(0,))
+  update = jax.jit(update, donate_argnums=(0, 1))
+  calibrate = jax.jit(classes.calibrate, donate_argnums=(0, 1))
+  finish = jax.jit(classes.finish, donate_argnums=(0,))
+
+  def step(state, pool, source_item):
+    state, draws, sums = begin(state, pool)
+    num_classes = state.syn_images.shape[0]
+    for c in range(num_classes):
+      state, sums = update(state, sums, source_item, draws, jnp.int32(c))
+    for r in range(classes.rounds):
+      for c in range(num_classes):
+        state, sums = calibrate(state, sums, draws, jnp.int32(c), jnp.int32(r))
+    del draws
+    return finish(state, sums)
+
+  return HostClassStep(begin, update, calibrate, finish, step)
+
+
+def update_mode(distill_config) -> str:
+  """`distill.update_mode`: "per_class" (the release's iteration) or "batched"."""
+  return distill_config.get("update_mode", "batched")
+
+
+def fixed_real(distill_config) -> bool:
+  """`distill.real_sampling="first"`: every step the same first B images per class
+  (the release's loader), instead of a fresh draw."""
+  return distill_config.get("real_sampling", "fresh") == "first"
 
 
 def make_run_steps(distill_step, distill_config, num_steps: int, *,
@@ -211,13 +266,21 @@ def make_run_steps(distill_step, distill_config, num_steps: int, *,
   unroll = int(distill_config.unroll)
   blocks = getattr(distill_step, "blocks", None)
   distill_step = getattr(distill_step, "step", distill_step)
-  requested_block = int(distill_config.get("class_block") or 0)
+  classes = getattr(distill_step, "classes", None)
+  per_class = update_mode(distill_config) == "per_class"
+  # The per-class iteration is blocks of one class by construction.
+  requested_block = 0 if per_class else int(distill_config.get("class_block") or 0)
   block_loop = resolve_block_loop(distill_config.get("block_loop"))
+  fixed = fixed_real(distill_config)
   if requested_block and blocks is None:  # a bare step would silently run all classes
     raise ValueError(f"distill.class_block={requested_block} needs the DistillStep of "
                      "distill.make_distill_step (its blocks), not a bare step function")
+  if per_class and classes is not None and block_loop == "host" and mesh is None:
+    return _host_run_steps(lambda classes_: make_host_class_step(classes, batch_real, fixed),
+                           num_steps)
   if requested_block and blocks is not None and block_loop == "host" and mesh is None:
-    return _host_run_steps(blocks, distill_config, num_steps)
+    return _host_run_steps(lambda classes_: make_host_block_step(
+        blocks, batch_real, class_block_size(distill_config, classes_), fixed), num_steps)
   if requested_block and blocks is not None:
     def distill_step(state, pool, real_batch, batched=distill_step):  # pylint: disable=function-redefined
       size = class_block_size(distill_config, state.syn_images.shape[0])
@@ -231,7 +294,7 @@ def make_run_steps(distill_step, distill_config, num_steps: int, *,
   def one(state, pool, source_item):
     if isinstance(source_item, sampling.ClassIndexedData):
       source_item = sampling.sample_class_batches(
-          step_keys(state.key, state.step).sample, source_item, batch_real)
+          step_keys(state.key, state.step).sample, source_item, batch_real, fixed=fixed)
     return distill_step(state, pool, source_item)
 
   def scanned(state, pool, source):
@@ -270,15 +333,15 @@ def make_run_steps(distill_step, distill_config, num_steps: int, *,
   return RunSteps(run, jitted)
 
 
-def _host_run_steps(blocks, distill_config, num_steps: int) -> RunSteps:
-  """`make_run_steps` for class blocks run from the host (CPU)."""
-  host_steps: dict[int, HostBlockStep] = {}
+def _host_run_steps(make_host_step: Callable[[int], Any], num_steps: int) -> RunSteps:
+  """`make_run_steps` for a step run as a host loop of jitted pieces (CPU):
+  `make_host_step(num_classes)` builds it (`.step`) once per class count."""
+  host_steps: dict[int, Any] = {}
 
   def host_step(state):
     classes = state.syn_images.shape[0]
     if classes not in host_steps:
-      host_steps[classes] = make_host_block_step(
-          blocks, int(distill_config.batch_real), class_block_size(distill_config, classes))
+      host_steps[classes] = make_host_step(classes)
     return host_steps[classes]
 
   def run(state, pool, source):
@@ -286,8 +349,8 @@ def _host_run_steps(blocks, distill_config, num_steps: int) -> RunSteps:
 
   def jitted(state, source, single_step: bool = False):
     del state, source, single_step
-    raise ValueError("class blocks run from the host have one jitted function per "
-                     "piece: lower those of execution.make_host_block_step")
+    raise ValueError("a step run from the host has one jitted function per piece: "
+                     "lower those of execution.make_host_block_step / make_host_class_step")
 
   return RunSteps(run, jitted)
 
@@ -305,7 +368,8 @@ def loop_steps(step_fn, state, pool, source, num_steps: int):
 
 
 def real_batch_source(images, labels, num_classes: int, *, batch_real: int, seed: int,
-                      device_limit_bytes: int, mesh=None) -> Callable[[int, int], Any]:
+                      device_limit_bytes: int, mesh=None,
+                      fixed: bool = False) -> Callable[[int, int], Any]:
   """`source_for(step, n)`: what `RunSteps.run` consumes for steps step..step+n-1.
 
   A training set of at most `device_limit_bytes` sits on the device(s) as a
@@ -318,7 +382,7 @@ def real_batch_source(images, labels, num_classes: int, *, batch_real: int, seed
     if mesh is not None:
       data = sharding.replicate(data, mesh)
     return lambda step, n: data
-  sampler = sampling.HostClassSampler(images, labels, num_classes, seed=seed)
+  sampler = sampling.HostClassSampler(images, labels, num_classes, seed=seed, fixed=fixed)
 
   def streamed(step, n):
     batches = sampler.sample_many(n, batch_real, start_step=step)

@@ -178,7 +178,8 @@ class Run:
     source_for = execution.real_batch_source(
         self.dataset.train_images, self.dataset.train_labels, self.num_classes,
         batch_real=d.batch_real, seed=self.config.seed,
-        device_limit_bytes=int(self.config.data.device_limit_mb) * 2**20, mesh=self.mesh)
+        device_limit_bytes=int(self.config.data.device_limit_mb) * 2**20, mesh=self.mesh,
+        fixed=execution.fixed_real(d))
     if self.mesh is not None:
       print(f"[distill] real batch split over {self.mesh.size} devices", flush=True)
     step = int(state.step)

@@ -176,10 +176,19 @@ def epoch_batches(rng: np.random.Generator, num_examples: int, batch_size: int,
   return np.stack(rows[:num_steps]).astype(np.int32)
 
 
+def _variables(state: TrainState, mesh) -> dict:
+  """Flax variables of a training state (host numpy arrays with a mesh)."""
+  out = {"params": state.params}
+  if state.batch_stats:
+    out["batch_stats"] = state.batch_stats
+  return sharding.to_host(out) if mesh is not None else out
+
+
 def train_classifier(key: jax.Array, model, images, targets, train_config, *,
                      num_steps: int, mean, std, teacher: Teacher | None = None,
                      desc: str = "train", init_variables_=None,
-                     log_every_seconds: float = 10.0, mesh=None):
+                     log_every_seconds: float = 10.0, mesh=None,
+                     checkpoint_every: int | None = None, on_checkpoint=None):
   """Trains `model` from scratch on (`images`, `targets`); returns Flax variables.
 
   Args:
@@ -195,6 +204,9 @@ def train_classifier(key: jax.Array, model, images, targets, train_config, *,
     mesh: train data parallel over this mesh's devices (see `make_train_chunk`)
       when the batch divides over them; the variables come back as host numpy
       arrays then (identical on every process).
+    checkpoint_every, on_checkpoint: `on_checkpoint(step, variables)` after every
+      `checkpoint_every` steps (None: none) and after the last (the release tests
+      its evaluation networks so); the steps taken do not depend on it.
   """
   images = jnp.asarray(images)
   targets = jnp.asarray(targets, jnp.float32)
@@ -222,17 +234,19 @@ def train_classifier(key: jax.Array, model, images, targets, train_config, *,
   chunk_fn = make_train_chunk(model, tx, train_config, mean, std, teacher, mesh)
   per_call = max(1, int(train_config.steps_per_call))
   progress = Progress(desc, num_steps, every_seconds=log_every_seconds)
+  every = int(checkpoint_every or 0) if on_checkpoint is not None else 0
   done = 0
   while done < num_steps:
     n = min(per_call, num_steps - done)
+    if every:  # a call ends on a checkpoint
+      n = min(n, every - done % every)
     state, losses = chunk_fn(state, images, targets, batch_idx[done:done + n],
                              step_keys[done:done + n])
     done += n
     progress.update(done, loss=float(losses[-1]))
-  out = {"params": state.params}
-  if state.batch_stats:
-    out["batch_stats"] = state.batch_stats
-  return sharding.to_host(out) if mesh is not None else out
+    if on_checkpoint is not None and ((every and done % every == 0) or done == num_steps):
+      on_checkpoint(done, _variables(state, mesh))
+  return _variables(state, mesh)
 
 
 @functools.partial(jax.jit, static_argnums=0)

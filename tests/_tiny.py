@@ -4,8 +4,9 @@ A plain module, not fixtures: tests/_sharding_worker.py and tests/_multiprocess_
 import it in their own processes; tests/conftest.py wraps it in fixtures.
 
 * The distillation setup: 4 classes, 16x16x1 images, ConvNet width 8 depth 2,
-  batch_real 8, 64 frequencies, psi sampler and calibration on: every piece of the
-  step, compiled in seconds (`config`, `setup`).
+  batch_real 8, 64 frequencies, psi sampler and calibration on, the batched update
+  unless a test asks otherwise: every piece of the step, compiled in seconds
+  (`config`, `setup`).
 * A tiny classifier training run (`train_classifier`).
 * IDX files (`write_idx_set`) and a generated class-separable 28x28x1 dataset in that
   format (`separable_images`, `write_separable_idx`) for the CLI tests.
@@ -47,6 +48,10 @@ def config(**overrides):
   cfg.num_freqs = 64
   cfg.psi_lr = 0.05  # psi visibly moves in two steps
   cfg.use_scan = False
+  # The batched step and its folded calibration; tests of the release's per-class
+  # update ask for it.
+  cfg.update_mode = "batched"
+  cfg.calibration_mode = "folded"
   for key, value in overrides.items():
     cfg[key] = value
   return cfg

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import _tiny
@@ -10,6 +11,7 @@ from ncfm_jax import config_lib
 from ncfm_jax import distill
 from ncfm_jax import execution
 from ncfm_jax import parameterize
+from ncfm_jax import sampler as sampler_lib
 from ncfm_jax import train as train_lib
 from ncfm_jax.data import sampling
 
@@ -293,3 +295,115 @@ def test_blend_pairs_init_and_trained_weights_of_the_same_member():
     # A blend of a and b is neither (float32 noise of the loss: about 1e-7 * scale).
     assert min(abs(match["crossed"] - match["a"]),
                abs(match["crossed"] - match["b"])) > 1e-5 * scale, match
+
+
+# ---------------------------------------------------------------- the per-class update
+
+
+def _reference_per_class(cfg, tiny, num_steps: int):
+  """The release's iteration (condenser/compute_loss.py:33-137, Condenser.py:256-342
+  @2d7cdafb) as a plain loop of optax calls: clamp once; per class its loss, its
+  gradient and one update of the WHOLE tensor (zeros elsewhere) with one optimizer,
+  psi ascending on the same loss; then per class the calibration updates; the
+  plateau sees the iteration's mean loss per class. Only the losses come from
+  `distill` (its `real_features`, `class_terms`, `calibration_loss`)."""
+  ctx = distill.StepContext(tiny.model, cfg, MEAN, STD, tiny.feature_dim)
+  adam = optax.adamw(cfg.lr, weight_decay=cfg.weight_decay)
+  plateau = optax.contrib.reduce_on_plateau(factor=cfg.plateau_factor,
+                                            patience=cfg.plateau_patience)
+  psi_tx = optax.sgd(cfg.psi_lr, momentum=cfg.psi_momentum)
+  state = tiny.state
+  images, psi = state.syn_images, state.psi_params
+  adam_state, plateau_state, psi_state = adam.init(images), plateau.init(images), psi_tx.init(psi)
+  psi_on = bool(psi)
+
+  @jax.jit
+  def class_grad(syn_class, psi, real_class, draws, c, k_freq):
+    real_feats = distill.real_features(ctx, draws.blended, real_class, draws.aug_keys[c][None])
+
+    def loss(syn_class, psi):
+      t = (sampler_lib.sample(psi, state.psi_batch_stats, k_freq, num_freqs=cfg.num_freqs,
+                              dim=tiny.feature_dim, **distill.psi_settings(cfg))
+           if psi_on else draws.t)
+      return distill.class_terms(ctx, syn_class, t, real_feats, draws,
+                                 draws.aug_keys[c][None], c[None]).match
+    return jax.value_and_grad(loss, argnums=(0, 1))(syn_class, psi)
+
+  @jax.jit
+  def calibration_grad(syn_class, trained, key, c):
+    return jax.value_and_grad(distill.calibration_loss, argnums=1)(
+        ctx, syn_class, trained, key, c[None])
+
+  def update(images, adam_state, grads):
+    updates, adam_state = adam.update(grads, adam_state, images)
+    return images + plateau_state.scale * updates, adam_state
+
+  classes = images.shape[0]
+  for s in range(num_steps):
+    images = jnp.clip(images, 0.0, 1.0)
+    keys = execution.step_keys(state.key, jnp.int32(s))
+    draws = distill.step_draws(ctx, state._replace(syn_images=images, psi_params=psi,
+                                                   step=jnp.int32(s)), tiny.pool)
+    real = sampling.sample_class_batches(keys.sample, tiny.data, cfg.batch_real)
+    match_total = calibration_total = 0.0
+    for c in range(classes):
+      loss, (g, g_psi) = class_grad(images[c:c + 1], psi, real[c:c + 1], draws,
+                                    jnp.int32(c), keys.frequencies)
+      images, adam_state = update(images, adam_state, jnp.zeros_like(images).at[c].set(g[0]))
+      if psi_on:
+        psi_updates, psi_state = psi_tx.update(jax.tree.map(jnp.negative, g_psi), psi_state,
+                                               psi)
+        psi = optax.apply_updates(psi, psi_updates)
+      match_total += loss
+    for r in range(cfg.calibration_iters):
+      for c in range(classes):
+        key = jax.random.fold_in(keys.calibration, r * classes + c)
+        loss, g = calibration_grad(images[c:c + 1], draws.trained, key, jnp.int32(c))
+        grads = jnp.zeros_like(images).at[c].set(cfg.calibration_weight * g[0])
+        images, adam_state = update(images, adam_state, grads)
+        calibration_total += loss
+    mean_loss = (match_total + cfg.calibration_weight * calibration_total) / classes
+    _, plateau_state = plateau.update(jnp.zeros(()), plateau_state, value=mean_loss)
+  return images, psi
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(sampler="psi", calibration_iters=1),
+    dict(sampler="gaussian", calibration_iters=2, plateau_patience=1),
+])
+def test_per_class_update_is_the_releases_loop(overrides):
+  cfg = _config(update_mode="per_class", calibration_mode="separate", psi_lr=0.05,
+                **overrides)
+  tiny = _tiny.setup(cfg)
+  copy = lambda s: jax.tree.map(jnp.array, s)
+  want_images, want_psi = _reference_per_class(cfg, tiny, 3)
+  with_loop = lambda loop: _config(**dict(cfg, block_loop=loop))
+  host = execution.make_run_steps(tiny.step, with_loop("host"), 3).run
+  scan = execution.make_run_steps(tiny.step, with_loop("scan"), 3).run
+  for run in (host, scan):
+    got, metrics = run(copy(tiny.state), tiny.pool, tiny.data)
+    np.testing.assert_allclose(got.syn_images, want_images, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(got.psi_params), jax.tree.leaves(want_psi)):
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    assert int(got.step) == 3 and metrics["loss"].shape == (3,)
+  if cfg.sampler == "psi":  # psi moved, one ascent step per class
+    assert not np.allclose(_tiny.flat_psi(got), _tiny.flat_psi(tiny.state))
+  else:  # the plateau saw the iteration's mean loss (patience 1: it may reduce)
+    assert metrics["lr_scale"].shape == (3,)
+  batched_cfg = _config(**dict(cfg, update_mode="batched"))
+  batched = execution.make_run_steps(_tiny.setup(batched_cfg).step, batched_cfg, 3).run
+  other, _ = batched(copy(tiny.state), tiny.pool, tiny.data)
+  assert np.max(np.abs(np.asarray(other.syn_images) - want_images)) > 1e-3
+
+
+def test_per_class_update_moves_every_class_at_every_class_step():
+  # With Adam, class 0's pixels keep moving through the first moment while the
+  # other classes take their steps: after one iteration they moved more than one
+  # Adam step (about lr) would move them.
+  cfg = _config(update_mode="per_class", calibration_weight=0.0, sampler="gaussian", lr=1e-2,
+                augment="none")
+  tiny = _tiny.setup(cfg)
+  run = execution.make_run_steps(tiny.step, cfg, 1).run
+  got, _ = run(jax.tree.map(jnp.array, tiny.state), tiny.pool, tiny.data)
+  moved = np.abs(np.asarray(got.syn_images) - np.asarray(jnp.clip(tiny.state.syn_images, 0, 1)))
+  assert np.median(moved[0]) > 2 * cfg.lr, np.median(moved[0])

@@ -30,6 +30,8 @@ def _config(**distill_overrides):
   d = config.distill
   d.ipc, d.factor, d.batch_real, d.num_freqs, d.steps_per_call = 2, 2, 8, 64, 1
   d.augment = "none"  # a smaller program to compile (blocks with DSA: test_distill)
+  # The batched update's class blocks (the per-class update: its own tests).
+  d.update_mode, d.calibration_mode = "batched", "folded"
   for key, value in distill_overrides.items():
     d[key] = value
   return config
@@ -272,3 +274,32 @@ def test_random_training_set_holds_only_its_bytes():
     pytest.skip("peak RSS cannot be reset here")
   assert data.dtype == jnp.uint8 and data.shape == (size,)
   assert window.increase_bytes < 4 * size, window.increase_bytes / size
+
+
+def test_the_per_class_update_is_planned_as_blocks_of_one_class(tmp_path):
+  config = _config(update_mode="per_class", calibration_mode="separate")
+  planner = plan_lib.Planner(_spec(config), config.distill, cache_path="", log=None)
+  assert planner.ladder() == [1]
+  choice = planner.choose(2**40, timed=False)
+  assert choice.plan.class_block == 1
+  assert set(choice.footprint.pieces) == {"begin", "update", "calibrate", "finish"}
+  # The pool is not an argument of an update: the host holds it meanwhile.
+  inputs = planner._inputs  # pylint: disable=protected-access
+  nbytes = lambda *trees: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trees))
+  assert choice.footprint.held["update"] == nbytes(inputs.pool)
+  assert planner.seconds_per_step(choice.plan) > 0  # the host loop's pieces time
+
+
+@pytest.mark.parametrize("overrides", [dict(calibration_mode="separate"),
+                                       dict(frequency_draw="per_class")])
+def test_batched_steps_without_a_block_step_keep_all_classes(overrides):
+  """The batched update with the release's separate calibration or per-class
+  frequencies has no class-block step: the planner keeps all classes, and a budget
+  only blocks would fit is refused naming what the plan needs."""
+  config = _config(**overrides)
+  planner = plan_lib.Planner(_spec(config), config.distill, cache_path="", log=None)
+  assert planner.ladder() == [CLASSES]
+  assert planner.choose(2**40, timed=False).plan.class_block == CLASSES
+  need = planner.evaluate(planner.unbounded()).planned_bytes
+  with pytest.raises(InputError, match="fits no plan"):
+    planner.choose(int(0.5 * need), timed=False)

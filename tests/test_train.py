@@ -105,7 +105,8 @@ def test_eval_adamw_weight_decay_is_torch_adamw():
   tx = train_lib.make_optimizer(config, 10)
   params = jnp.full((3,), 2.0)
   updates, _ = tx.update(jnp.zeros((3,)), tx.init(params), params)
-  np.testing.assert_allclose(updates, -1e-3 * 0.01 * 2.0, rtol=1e-5)
+  np.testing.assert_allclose(updates, -config.lr * config.weight_decay * 2.0, rtol=1e-5)
+  assert config.weight_decay == 5e-4  # the release's yaml weight_decay
 
 
 @pytest.mark.parametrize("rrc", [True, False])

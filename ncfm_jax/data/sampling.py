@@ -123,9 +123,12 @@ def effective_batch_real(batch_real: int, class_counts) -> int:
 
 
 def _class_positions(key: jax.Array, count: jax.Array, *, max_count: int,
-                     batch_per_class: int) -> jax.Array:
+                     batch_per_class: int, fixed: bool = False) -> jax.Array:
   """B positions in ``[0, count)``: the first B of a random permutation of the
-  class, repeated cyclically when ``count < B``."""
+  class (``fixed``: of the class in training-set order), repeated cyclically when
+  ``count < B``."""
+  if fixed:
+    return jnp.arange(batch_per_class) % count
   # The valid positions sorted by i.i.d. uniform scores are a uniformly random
   # permutation; padding scores -1 and comes after every valid position.
   k = min(batch_per_class, max_count)
@@ -135,15 +138,17 @@ def _class_positions(key: jax.Array, count: jax.Array, *, max_count: int,
   return top[jnp.arange(batch_per_class) % jnp.minimum(count, k)]
 
 
-@functools.partial(jax.jit, static_argnames=("batch_per_class",))
+@functools.partial(jax.jit, static_argnames=("batch_per_class", "fixed"))
 def sample_class_batches(key: jax.Array, data: ClassIndexedData,
-                         batch_per_class: int) -> jax.Array:
+                         batch_per_class: int, fixed: bool = False) -> jax.Array:
   """Draws ``batch_per_class`` images of every class, on the device.
 
   Args:
     key: PRNG key.
     data: ``ClassIndexedData`` (from ``make_class_indexed``).
     batch_per_class: B (static).
+    fixed: the first B images of each class in training-set order, whatever the
+      key (the release's loader: `class_sample(c, batch_real)` every iteration).
 
   Returns:
     uint8 [C, B, H, W, C']; ``out[c]`` are B distinct images of class c drawn
@@ -151,11 +156,12 @@ def sample_class_batches(key: jax.Array, data: ClassIndexedData,
     ``effective_batch_real``), else its permutation repeated cyclically.
   """
   chex.assert_rank([data.images, data.class_index, data.class_counts], [4, 2, 1])
-  return sample_class_block(key, data, batch_per_class, 0, data.class_index.shape[0])
+  return sample_class_block(key, data, batch_per_class, 0, data.class_index.shape[0],
+                            fixed=fixed)
 
 
 def sample_class_block(key: jax.Array, data: ClassIndexedData, batch_per_class: int,
-                       start: jax.Array | int, size: int) -> jax.Array:
+                       start: jax.Array | int, size: int, fixed: bool = False) -> jax.Array:
   """Classes ``start .. start + size - 1`` of ``sample_class_batches(key, data, B)``.
 
   Class c draws with the c-th of ``jax.random.split(key, C)`` whichever block it is
@@ -174,7 +180,8 @@ def sample_class_block(key: jax.Array, data: ClassIndexedData, batch_per_class: 
   num_classes, max_count = data.class_index.shape
   take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, size)
   positions = jax.vmap(functools.partial(
-      _class_positions, max_count=max_count, batch_per_class=batch_per_class))(
+      _class_positions, max_count=max_count, batch_per_class=batch_per_class,
+      fixed=fixed))(
           take(jax.random.split(key, num_classes)), take(data.class_counts))
   indices = jnp.take_along_axis(take(data.class_index), positions, axis=1)  # [size, B]
   return data.images[indices]
@@ -194,8 +201,9 @@ class HostClassSampler:
   """
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int,
-               seed: int):
-    """Args: images uint8 [N, H, W, C'], labels int [N], num_classes C, seed."""
+               seed: int, fixed: bool = False):
+    """Args: images uint8 [N, H, W, C'], labels int [N], num_classes C, seed;
+    fixed: every step the first B images of each class (as ``sample_class_batches``)."""
     images = np.asarray(images)
     if images.ndim != 4 or images.dtype != np.uint8:
       raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
@@ -204,6 +212,7 @@ class HostClassSampler:
     self.images = images
     self.class_index, self.class_counts = class_index_table(labels, num_classes)
     self.seed = int(seed)
+    self.fixed = bool(fixed)
     self.next_step = 0
 
   @property
@@ -220,7 +229,8 @@ class HostClassSampler:
     rng = np.random.default_rng((self.seed, self._take_step(step)))
     rows = []
     for index_row, count in zip(self.class_index, self.class_counts):
-      distinct = rng.choice(count, min(batch_per_class, count), replace=False)
+      distinct = (np.arange(min(batch_per_class, count)) if self.fixed else
+                  rng.choice(count, min(batch_per_class, count), replace=False))
       rows.append(index_row[distinct[np.arange(batch_per_class) % distinct.size]])
     return np.stack(rows)
 

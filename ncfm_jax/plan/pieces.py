@@ -125,6 +125,8 @@ def step_pieces(spec: StepSpec, inputs: StepInputs, distill_config, plan: Plan) 
   step = distill.make_distill_step(spec.model, d, spec.mean, spec.std, spec.feature_dim)
   state, pool, source = inputs.state, inputs.pool, inputs.source
   held_stream = inputs.streamed_bytes
+  if execution.update_mode(d) == "per_class" and plan.block_loop == "host":
+    return _class_pieces(step, d, inputs)
   if plan.class_block < spec.num_classes and plan.block_loop == "host":
     host = execution.make_host_block_step(step.blocks, int(d.batch_real), plan.class_block)
     draws = jax.eval_shape(host.begin, state, pool)
@@ -148,6 +150,27 @@ def step_pieces(spec: StepSpec, inputs: StepInputs, distill_config, plan: Plan) 
   held = held_stream if call_source is source and not spec.data_on_device else 0
   return {"step": Piece(run.jitted(state, call_source), (state, pool, call_source), held,
                         spec.steps_per_call if scan else 1)}
+
+
+def _class_pieces(step, d, inputs: StepInputs) -> dict[str, Piece]:
+  """The pieces of the per-class iteration's host loop (`execution.make_host_class_step`)
+  and what the host holds while each runs: the pool (its blend lives in the draws),
+  the training set or the streamed batches."""
+  host = execution.make_host_class_step(step.classes, int(d.batch_real),
+                                        execution.fixed_real(d))
+  state, pool, source = inputs.state, inputs.pool, inputs.source
+  begun, draws, sums = jax.eval_shape(host.begin, state, pool)
+  index = jax.ShapeDtypeStruct((), jnp.int32)
+  held = _nbytes(pool) + inputs.streamed_bytes
+  pieces = {
+      "begin": Piece(host.begin, (state, pool), _nbytes(source) + inputs.streamed_bytes),
+      "update": Piece(host.update, (begun, sums, source, draws, index), held),
+      "finish": Piece(host.finish, (begun, sums), held + _nbytes(source)),
+  }
+  if step.classes.rounds:
+    pieces["calibrate"] = Piece(host.calibrate, (begun, sums, draws, index, index),
+                                held + _nbytes(source))
+  return pieces
 
 
 def compile_pieces(pieces: dict[str, Piece], temp_factor: int,
@@ -210,6 +233,9 @@ def time_pieces(executables: dict[str, tuple], spec: StepSpec, inputs: StepInput
 
   run = {name: compiled for name, (compiled, _, _) in executables.items()}
   source = _valid_indices(spec, random_like(inputs.source, jax.random.PRNGKey(2)))
+  if "update" in run:
+    return _time_class_pieces(run, fastest, state, pool, source, spec.num_classes,
+                              distill.calibration_rounds(distill_config))
   num_blocks = spec.num_classes // plan.class_block
   draws, t_begin = _timed(lambda: run["begin"](state, pool))
   summed, t_zeros = _timed(lambda: run["zeros"](state.syn_images, draws))
@@ -223,6 +249,30 @@ def time_pieces(executables: dict[str, tuple], spec: StepSpec, inputs: StepInput
   block = fastest(block_call, num_blocks)
   _, t_finish = _timed(lambda: run["finish"](state, summed))
   return t_begin + t_zeros + num_blocks * block + t_finish
+
+
+def _time_class_pieces(run, fastest, state, pool, source, num_classes: int,
+                       rounds: int) -> float:
+  """Seconds of one per-class iteration: begin + C x (the fastest update) + rounds x C
+  x (the fastest calibration update) + finish (the pieces donate the state)."""
+  (state, draws, sums), t_begin = _timed(lambda: run["begin"](state, pool))
+  calls = iter(range(10**9))
+
+  def update_call():
+    nonlocal state, sums
+    state, sums = run["update"](state, sums, source, draws, jnp.int32(next(calls) % num_classes))
+    return state, sums
+  per_class = fastest(update_call, num_classes)
+  calibration = 0.0
+  if "calibrate" in run:
+    def calibrate_call():
+      nonlocal state, sums
+      state, sums = run["calibrate"](state, sums, draws, jnp.int32(next(calls) % num_classes),
+                                     jnp.int32(0))
+      return state, sums
+    calibration = rounds * num_classes * fastest(calibrate_call, rounds * num_classes)
+  _, t_finish = _timed(lambda: run["finish"](state, sums))
+  return t_begin + num_classes * per_class + calibration + t_finish
 
 
 def _valid_indices(spec: StepSpec, source):

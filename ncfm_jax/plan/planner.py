@@ -52,10 +52,20 @@ class Planner:
 
   # ------------------------------------------------------------- candidates
   def ladder(self) -> list[int]:
-    """`block_ladder` of C, or only the configured `distill.class_block`."""
-    if self.config.get("class_block"):
-      return [execution.class_block_size(self.config, self.spec.num_classes)]
-    return block_ladder(self.spec.num_classes)
+    """Class blocks to try: `block_ladder` of C, or only the configured
+    `distill.class_block`. The per-class update is blocks of one class; the batched
+    update with the release's separate calibration or per-class frequency draws
+    has no block step, so it keeps all classes (a budget that this does not fit
+    is refused, naming what it needs)."""
+    d, classes = self.config, self.spec.num_classes
+    if execution.update_mode(d) == "per_class":
+      return [1]
+    if (d.get("calibration_mode", "folded") == "separate"
+        or d.get("frequency_draw", "shared") == "per_class"):
+      return [classes]
+    if d.get("class_block"):
+      return [execution.class_block_size(d, classes)]
+    return block_ladder(classes)
 
   def policies(self) -> list[Callable[[int], Plan]]:
     """Pass policies, fastest first on this backend: each maps K to a plan."""
@@ -96,9 +106,10 @@ class Planner:
             frugal]
 
   def unbounded(self) -> Plan:
-    """All classes, every pass all at once, frequencies unchunked (no planning)."""
+    """The largest block (all classes; the per-class update: one), every pass all at
+    once, frequencies unchunked (no planning)."""
     loop = execution.resolve_block_loop(self.config.get("block_loop"))
-    return Plan(self.spec.num_classes, loop, 0, 0, False, None)
+    return Plan(self.ladder()[0], loop, 0, 0, False, None)
 
   # ------------------------------------------------------------- evaluation
   def evaluate(self, plan: Plan, *, compile_: bool = False) -> Footprint:
