@@ -50,6 +50,7 @@ def _quick(config):
   config.distill.steps_per_call = 10
   config.eval.num_eval = 2
   config.eval.max_steps = 300
+  config.eval.eval_every = 100  # test accuracy at steps 100, 200, 300
   config.eval.steps_per_call = 25
 
 

@@ -8,7 +8,10 @@ pool, distillation at the release's budget, then evaluation with the paper's
 protocol: `--num-eval` networks (the paper: 10) trained from scratch on the
 distilled set, ConvNet, and with `--cross-arch` also AlexNet, VGG-11 and
 ResNet-18 (paper Table 4: trained on the ConvNet-distilled set). The
-random-real and initial-set baselines are not run.
+random-real and initial-set baselines are not run. ``--as-released`` also turns on
+the release's behaviours that the paper configs change on purpose (`AS_RELEASED`),
+in workdirs ``DIR/<cell>_released``, so one table shows the paper, the release as
+shipped and ours.
 
 ``--fraction=F`` runs the fraction F of the cell's distillation steps,
 pretraining epochs (or steps) and evaluation epochs (or steps), each rounded,
@@ -23,7 +26,8 @@ pool-training and evaluation-training steps of that cell's shapes on random
 data, and the steps and compilations are extrapolated to the cell's budget
 (`ncfm_jax.estimate`). After every cell it rewrites ``DIR/table.md`` from every
 cell in DIR (`paper.tables`): the paper's value (`ncfm_jax.paper`),
-ours (mean +- std over the evaluation runs), the budget used, the device and
+ours (mean +- std over the evaluation runs: the final accuracy, and the best over
+each run's checkpoints as the release reports it), the budget used, the device and
 the wall time. Re-running resumes: finished cells are read back, an interrupted
 one resumes from its workdir's checkpoints, and a cell rerun with more
 evaluation (``--cross-arch``, a larger ``--num-eval``) reuses its pool and
@@ -57,6 +61,15 @@ from ncfm_jax.errors import one_line
 from ncfm_jax.paper import CROSS_ARCHS, DATASETS, num_classes
 
 TABLE = "table.md"
+AS_RELEASED = (
+    # The release's behaviours that the paper configs change on purpose (README,
+    # "Differences from the release"), for `--as-released`.
+    "--config.distill.sampler=gaussian",  # its yaml: sampling_net False
+    "--config.distill.frequency_draw=per_class",  # one draw per class as it loops them
+    "--config.distill.real_sampling=first",  # class_sample(c, batch_real): the same images
+    "--config.distill.update_mode=per_class",
+    "--config.distill.calibration_mode=separate",
+)
 _SIDECAR = "reproduce.json"  # in a cell's workdir: its budget, device, wall time, estimate
 DEFAULT_NUM_EVAL = 10  # the paper: "All experiments were conducted with 10 evaluations"
 
@@ -172,9 +185,11 @@ class Plan(NamedTuple):
 
 
 def plan(spec: CellSpec, *, fraction: float, num_eval: int, cross_arch: bool,
-         passthrough: Sequence[str]) -> Plan:
+         passthrough: Sequence[str], as_released: bool = False) -> Plan:
   """The CLI run of `spec`: its flags are the cell's ipc, the evaluation protocol,
-  the `passthrough` overrides, then the fraction's budget (of the config those give).
+  with `as_released` the release's behaviours (`AS_RELEASED`; workdir suffix
+  ``_released``), the `passthrough` overrides, then the fraction's budget (of the
+  config those give).
 
   Raises:
     InputError: from `load_config`.
@@ -183,11 +198,12 @@ def plan(spec: CellSpec, *, fraction: float, num_eval: int, cross_arch: bool,
   protocol = [f"--config.distill.ipc={spec.ipc}",
               *(f"--config.eval.archs={arch}" for arch in archs),
               f"--config.eval.num_eval={num_eval}", "--config.eval.baselines=False"]
-  flags = [*protocol, *passthrough]
+  flags = [*protocol, *(AS_RELEASED if as_released else ()), *passthrough]
   full = load_config(spec.config_spec, flags)
   flags += budget_flags(full, fraction)
   config = load_config(spec.config_spec, flags) if fraction != 1 else full
-  return Plan(spec, grid.Cell(spec.name(fraction), spec.config_spec, tuple(flags)), config, full)
+  name = spec.name(fraction) + ("_released" if as_released else "")
+  return Plan(spec, grid.Cell(name, spec.config_spec, tuple(flags)), config, full)
 
 
 def budget(p: Plan, fraction: float) -> dict[str, Any]:
@@ -235,6 +251,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="networks trained per architecture (the paper: 10)")
   parser.add_argument("--cross-arch", action="store_true",
                       help="also evaluate AlexNet, VGG-11, ResNet-18 (paper Table 4)")
+  parser.add_argument("--as-released", action="store_true",
+                      help="the release as shipped: psi off, one frequency draw per class, "
+                           "the same first batch_real real images every iteration "
+                           "(workdirs <cell>_released)")
   parser.add_argument("--estimate-steps", type=int, default=2,
                       help="steps per timed call of the estimate (0: no estimate)")
   parser.add_argument("--estimate-only", action="store_true",
@@ -256,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise InputError("--num-eval must be >= 1 and --estimate-steps >= 0")
     wd.check_directory(args.out, "--out")
     plans = [plan(spec, fraction=args.fraction, num_eval=args.num_eval,
-                  cross_arch=args.cross_arch, passthrough=passthrough)
+                  cross_arch=args.cross_arch, passthrough=passthrough,
+                  as_released=args.as_released)
              for spec in parse_cells(args.cells)]
   except InputError as err:
     print(f"error: {err}", file=sys.stderr)
@@ -303,6 +324,7 @@ def _estimate(args: argparse.Namespace, passthrough: Sequence[str], plans: Seque
   device and cell name -> estimated seconds."""
   child_argv = [f"--cells={args.cells}", f"--out={args.out}", f"--fraction={args.fraction!r}",
                 f"--num-eval={args.num_eval}", *(["--cross-arch"] if args.cross_arch else []),
+                *(["--as-released"] if args.as_released else []),
                 *passthrough]
   device, seconds, failure = estimate.run_measurement(child_argv, [p.cell.name for p in plans],
                                              args.estimate_steps)

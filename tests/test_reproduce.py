@@ -105,14 +105,15 @@ def test_a_fraction_scales_steps_and_epochs_rounded_at_least_one():
       "--config.distill.ipc=10", "--config.eval.archs=convnet", "--config.eval.num_eval=3",
       "--config.eval.baselines=False", "--config.pretrain.max_steps=150",
       "--config.distill.steps=200", "--config.pretrain.max_steps=2",
-      "--config.eval.epochs=20")
+      "--config.eval.epochs=40")
   assert p.config.eval.archs == ("convnet",)  # the cifar10 config's default is all four
   budget = reproduce.budget(p, 0.01)
   assert budget["distill_steps"] == [200, 20000]
   assert budget["pool"] == [20, 2, 150, "steps"]
-  assert budget["eval"] == [20, 2000, "epochs", 20 * 4]  # ceil(10 x 40 / 128) steps an epoch
+  # The release's cifar10 ipc 10: 4000 epochs of batch 256, ceil(10 x 40 / 256) steps each.
+  assert budget["eval"] == [40, 4000, "epochs", 40 * 2]
   assert paper.budget_text(budget) == (
-      "distill 200/20000 steps; pool 20 x 2/150 steps; eval 20/2000 epochs (80 steps); "
+      "distill 200/20000 steps; pool 20 x 2/150 steps; eval 40/4000 epochs (80 steps); "
       "fraction 0.01")
 
 
@@ -135,8 +136,8 @@ def test_table_has_paper_values_ours_budget_device_and_cross_arch(tmp_path, fake
   assert measured == [["cifar10_ipc10_f0.1", "tinyimagenet_ipc1_f0.1"]]
   table = (tmp_path / "table.md").read_text()
   row = next(l for l in table.splitlines() if l.startswith("| cifar10_ipc10_f0.1 |"))
-  assert row.startswith("| cifar10_ipc10_f0.1 | 71.8 +- 0.3 | 68.9 | 70.0 +- 0.2 (n=3) | "
-                        "distill 2000/20000 steps; pool 20 x 6/60 epochs; eval 200/2000 "
+  assert row.startswith("| cifar10_ipc10_f0.1 | 71.8 +- 0.3 | 68.9 | 70.0 +- 0.2 (n=3) | - | "
+                        "distill 2000/20000 steps; pool 20 x 6/60 epochs; eval 400/4000 "
                         "epochs (800 steps); fraction 0.1 | cpu (2 cores) | ")
   assert "(estimate " in row
   assert "| tinyimagenet_ipc1_f0.1 | 18.2 +- 0.5 | 12.0 | 70.0 +- 0.2 (n=3) |" in table
@@ -214,9 +215,11 @@ def test_end_to_end_on_generated_idx(tmp_path, capsys, monkeypatch):
   cells = [c.strip() for c in row.strip("|").split("|")]
   assert cells[1:3] == ["-", "-"]  # no paper value for Fashion-MNIST
   assert cells[3].endswith("(n=1)") and 0 <= float(cells[3].split()[0]) <= 100
-  assert cells[4] == ("distill 6/6 steps; pool 1 x 1/1 epochs; eval 10/10 steps "
+  assert cells[4].endswith("(n=1)")  # the best of its checkpoints, as the release reports
+  assert float(cells[4].split()[0]) >= float(cells[3].split()[0])
+  assert cells[5] == ("distill 6/6 steps; pool 1 x 1/1 epochs; eval 10/10 steps "
                       "(10 steps); fraction 1")
-  assert cells[5].startswith("cpu (") and cells[6] != "-"
+  assert cells[6].startswith("cpu (") and cells[7] != "-"
   metrics = json.loads((out / "fashion_mnist_ipc1_tiny" / "metrics.json").read_text())
   assert metrics["ipc"] == 1 and list(metrics["eval"]) == ["convnet"]
   assert "baseline_random_real" not in metrics
@@ -229,3 +232,15 @@ def test_end_to_end_on_generated_idx(tmp_path, capsys, monkeypatch):
   assert reproduce.main(argv) == 0
   assert "fashion_mnist_ipc1_tiny: finished earlier, read back" in capsys.readouterr().out
   assert row in (out / "table.md").read_text()
+
+
+def test_as_released_turns_on_the_releases_behaviours_in_their_own_workdir():
+  ours = reproduce.plan(reproduce.CellSpec("cifar10", 10), fraction=1, num_eval=10,
+                        cross_arch=False, passthrough=[])
+  released = reproduce.plan(reproduce.CellSpec("cifar10", 10), fraction=1, num_eval=10,
+                            cross_arch=False, passthrough=[], as_released=True)
+  assert released.cell.name == ours.cell.name + "_released"
+  d = released.config.distill
+  assert (d.sampler, d.frequency_draw, d.real_sampling, d.update_mode,
+          d.calibration_mode) == ("gaussian", "per_class", "first", "per_class", "separate")
+  assert (ours.config.distill.sampler, ours.config.distill.real_sampling) == ("psi", "fresh")

@@ -207,3 +207,20 @@ def test_a_class_block_is_the_same_slice_of_the_steps_batch(start, size):
   block = jax.jit(sampling.sample_class_block, static_argnums=(2, 4))(
       key, indexed, _BATCH, jnp.int32(start), size)
   np.testing.assert_array_equal(block, whole[start:start + size])
+
+
+def test_fixed_batches_are_each_class_s_first_images_on_device_and_host():
+  """`real_sampling="first"`: the release's `class_sample(c, batch_real)` takes
+  `cls_idx[c][:batch_real]`, the class's first images in training-set order, every
+  iteration (data/dataloader.py:95-97@34a81d7a)."""
+  images, labels = _indexed_images()
+  indexed = data.make_class_indexed(images, labels, len(_COUNTS))
+  first = [np.flatnonzero(labels == c) for c in range(len(_COUNTS))]
+  want = np.stack([f[np.arange(_BATCH) % f.size] for f in first])
+  for key in (0, 1):
+    ids = _image_ids(data.sample_class_batches(jax.random.key(key), indexed, _BATCH,
+                                               fixed=True))
+    np.testing.assert_array_equal(ids, want)
+  host = data.HostClassSampler(images, labels, len(_COUNTS), seed=0, fixed=True)
+  for step in (0, 5):
+    np.testing.assert_array_equal(_image_ids(host.sample(_BATCH, step=step)), want)

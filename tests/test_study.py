@@ -27,13 +27,15 @@ def test_plan_merges_cells_that_distil_the_same_thing():
   cells, rows = study.plan(study.GROUPS, [1, 10, 50], DEFAULTS)
   names = [c.name for c in cells]
   # alpha 0.5, F 4096 and the plateau/release defaults are ipc10_ncfm; psi off is
-  # ipc10_ncfm_nopsi: plateau and release add two cells each.
-  assert len(names) == len(set(names)) == 9 + 4 + 4 + 2 + 2
+  # ipc10_ncfm_nopsi: plateau and release add two cells each; the update group three
+  # (the preset's lr is 1e-2, none of them).
+  assert len(names) == len(set(names)) == 9 + 4 + 4 + 2 + 2 + 3
   by_name = {c.name: c for c in cells}
   assert {l: n for l, n, _ in rows["alpha"]}["alpha 0.5, beta 0.5"] == "ipc10_ncfm"
   assert dict((label, name) for label, name, _ in rows["freqs"])["F 4096"] == "ipc10_ncfm"
   assert by_name["ipc10_ncfm"].archs == study.ARCHS  # cross-architecture on that cell
-  assert [c.name for c in cells if c.baselines] == ["ipc10_ncfm", "ipc50_ncfm", "ipc1_ncfm"]
+  assert [c.name for c in cells if c.baselines] == [
+      "ipc10_ncfm", "ipc50_ncfm", "ipc10_per_class_lr0.001", "ipc1_ncfm"]
   assert by_name["ipc50_dm"].flags() == [
       "--config.distill.ipc=50", "--config.distill.loss=mmd",
       "--config.eval.archs=convnet", "--config.eval.baselines=False"]
