@@ -23,8 +23,10 @@ import orbax.checkpoint as ocp
 
 from ncfm_jax import distill as distill_lib
 from ncfm_jax import distributed
+from ncfm_jax import preemption
 from ncfm_jax import sharding
 from ncfm_jax.errors import InputError
+from ncfm_jax.errors import writing
 
 EMPTY_HISTORY = {"loss": [], "calibration": [], "seconds": 0.0}
 
@@ -54,7 +56,7 @@ def saved_members(directory: str) -> set[int]:
 def save_member(directory: str, member: int, init: Any, trained: Any) -> None:
   """Saves one member's (init, trained) variables (host numpy: the same on every
   process, which a multi-process save accepts)."""
-  with _manager(directory, None) as manager:
+  with writing(os.path.join(directory, str(member))), _manager(directory, None) as manager:
     manager.save(member, args=ocp.args.StandardSave(
         sharding.to_host({"init": init, "trained": trained})))
     manager.wait_until_finished()
@@ -97,9 +99,13 @@ class DistillCheckpoints:
     self.close()
 
   def save(self, step: int, state: distill_lib.DistillState, history: dict) -> None:
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)))
-    self._manager.wait_until_finished()
+    with writing(os.path.join(self.directory, str(step))):
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)))
+      self._manager.wait_until_finished()
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
 
   def _restore(self, step: int, abstract_state):
     path = os.path.join(self.directory, str(step))
@@ -154,3 +160,67 @@ class DistillCheckpoints:
               flush=True)
     distributed.barrier("ncfm:unreadable checkpoints moved")
     self._manager = _manager(self.directory, self._max_to_keep)
+
+
+# ------------------------------------------------------------ training part-way
+
+
+class TrainingCheckpoint:
+  """A classifier's training stopped part-way (a pool member, an evaluation run):
+  its `train.TrainState` and a JSON note (`done` steps and the caller's extras) in
+  one composite item at `directory`, kept until `remove`."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+
+  def restore(self, like) -> tuple[Any, dict] | None:
+    """(state shaped like `like`, note) of the saved item; None when there is none."""
+    if not os.path.isdir(self.directory):
+      return None
+    with _manager(self.directory, 1) as manager:
+      step = manager.latest_step()
+      if step is None:
+        return None
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+      try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), note=ocp.args.JsonRestore()))
+      except Exception as err:  # orbax raises several types for bad files
+        raise InputError(f"training checkpoint {self.directory} is unreadable "
+                         f"({_first_line(err)}); delete it to start that training "
+                         f"afresh") from err
+    return type(like)(*restored["state"]), dict(restored["note"])
+
+  def save(self, state, note: dict) -> None:
+    """Saves `state` after `note["done"]` steps (the previous item is replaced once
+    this one is written)."""
+    path = os.path.join(self.directory, str(note["done"]))
+    with writing(path), _manager(self.directory, 1) as manager:
+      manager.save(int(note["done"]), args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), note=ocp.args.JsonSave(note)))
+      manager.wait_until_finished()
+
+  def remove(self) -> None:
+    """Deletes the item once the training it belongs to is saved whole (and its
+    parent directory when that is left empty)."""
+    if distributed.is_primary() and os.path.isdir(self.directory):
+      shutil.rmtree(self.directory)
+      parent = os.path.dirname(self.directory)
+      if not os.listdir(parent):
+        os.rmdir(parent)
+    distributed.barrier(f"ncfm:removed {self.directory}")
+
+  def hooks(self, where: str, extras=dict):
+    """`(resume, after_chunk)` for `train.train_classifier`: resume from this item,
+    and at every chunk's end ask `preemption.stop_here()`; when the run must stop,
+    save the state with `extras()` in its note and raise `preemption.Preempted`."""
+    def resume(fresh):
+      restored = self.restore(fresh)
+      return None if restored is None else (restored[0], int(restored[1]["done"]))
+
+    def after_chunk(state, done):
+      if preemption.stop_here():
+        self.save(state, dict(extras(), done=int(done)))
+        raise preemption.stopped(f"{where} at step {done}",
+                                 f"its training state is saved in {self.directory}")
+    return resume, after_chunk

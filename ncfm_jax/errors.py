@@ -1,11 +1,15 @@
 """The project's one error type for input a user can fix, and `one_line` for its messages.
 
 `InputError` is raised for bad input and bad state: a config field, a dataset,
-a workdir, a checkpoint. `python -m ncfm_jax.main` prints it as one line and
-exits 2; any other exception is a bug and keeps its traceback (exit 1).
+a workdir, a checkpoint, a write that failed (`WriteError`, from `writing`).
+`python -m ncfm_jax.main` prints it as one line and exits 2; any other exception
+is a bug and keeps its traceback (exit 1).
 """
 
+import contextlib
+import os
 import re
+import shutil
 from collections.abc import Sequence
 
 
@@ -44,3 +48,49 @@ def config_override_message(err: Exception, argv: Sequence[str]) -> str:
       if path.startswith("--config.") and name in path.split(".")[1:]:
         return f"{path}: the config has no field {name!r}" + (f" ({hint})" if hint else "")
   return f"bad config override: {text}"
+
+
+class WriteError(InputError):
+  """A file or checkpoint could not be written (a full disk, permissions); what was
+  written before is untouched and a re-run resumes from it."""
+
+
+def _os_error(err: BaseException) -> OSError | None:
+  """`err` or the first OSError among its causes (orbax wraps the ones it meets)."""
+  seen = set()
+  while err is not None and id(err) not in seen:
+    if isinstance(err, OSError):
+      return err
+    seen.add(id(err))
+    err = err.__cause__ or err.__context__
+  return None
+
+
+def free_space(path: str) -> str:
+  """``12.3 GB free of 250 GB`` on the filesystem holding `path` (or its parent)."""
+  probe = os.path.abspath(path)
+  while probe and not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  try:
+    usage = shutil.disk_usage(probe or "/")
+  except OSError:
+    return "free space unknown"
+  return f"{usage.free / 2**30:.2f} GB free of {usage.total / 2**30:.0f} GB"
+
+
+@contextlib.contextmanager
+def writing(path: str):
+  """Turns an OSError raised while writing `path` (also one wrapped by a library)
+  into a one-line WriteError naming the path, the error and the free space."""
+  try:
+    yield
+  except WriteError:
+    raise
+  except Exception as err:  # pylint: disable=broad-except
+    cause = _os_error(err)
+    if cause is None:
+      raise
+    reason = cause.strerror or str(cause)
+    raise WriteError(f"cannot write {path}: {reason} ({free_space(path)}); what was "
+                     f"saved before is untouched: free space and re-run the same command "
+                     f"to resume") from err

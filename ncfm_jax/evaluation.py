@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncfm_jax import checkpoints
 from ncfm_jax import distributed
 from ncfm_jax import parameterize
 from ncfm_jax import train as train_lib
@@ -185,16 +186,28 @@ def evaluate(run, source: str) -> dict:
     curves = list(done.get("checkpoints", []))
     for repeat in range(distributed.agree(len(runs)), cfg.num_eval):
       key = jax.random.fold_in(jax.random.fold_in(run.key, 5), repeat)
+      partial = checkpoints.TrainingCheckpoint(run.path(
+          "partial", f"{section}{'_' + entry if entry else ''}_{arch}_{repeat}"))
       curve = []
 
       def record(step, variables, model=model, curve=curve):
         curve.append([step, train_lib.accuracy(model, variables, run.dataset.test_images,
                                                run.dataset.test_labels, run.mean, run.std)])
+      resume, after_chunk = partial.hooks(
+          f"evaluation run {repeat + 1} of {source} ({arch})",
+          extras=lambda curve=curve: {"curve": curve})
+
+      def resume_with_curve(fresh, resume=resume, partial=partial, curve=curve):
+        resumed = resume(fresh)
+        if resumed is not None:  # the test accuracies it recorded before
+          curve.extend(partial.restore(fresh)[1]["curve"])
+        return resumed
       train_lib.train_classifier(
           key, model, jnp.asarray(images), run.onehot(labels), cfg,
           num_steps=num_steps, mean=run.mean, std=run.std, teacher=soft_teacher,
           desc=f"eval {source} {arch} {repeat + 1}/{cfg.num_eval}", mesh=run.mesh,
-          checkpoint_every=every, on_checkpoint=record)
+          checkpoint_every=every, on_checkpoint=record, resume=resume_with_curve,
+          after_chunk=after_chunk)
       acc = curve[-1][1]
       runs.append(acc)
       curves.append(curve)
@@ -204,6 +217,7 @@ def evaluate(run, source: str) -> dict:
         wd.update_metrics(run.workdir, **{section: {**stored, entry: results}})
       else:
         wd.update_metrics(run.workdir, **{section: results})  # resumable per run
+      partial.remove()
       print(f"[eval] {source} {arch} run {repeat + 1}: {acc:.2f}% (best of "
             f"{len(curve)} checkpoints {max(a for _, a in curve):.2f}%)", flush=True)
   return results

@@ -18,6 +18,7 @@ from ncfm_jax import allocator
 from ncfm_jax import config_lib
 from ncfm_jax import distributed
 from ncfm_jax import pipeline
+from ncfm_jax import preemption
 from ncfm_jax.errors import InputError
 from ncfm_jax.errors import config_override_message
 from ncfm_jax.errors import one_line
@@ -51,6 +52,9 @@ def main(argv):
     except OSError as err:
       raise InputError(f"--config: {one_line(str(err))}") from err
     pipeline.run(config, _WORKDIR.value, _MODE.value)
+  except preemption.Preempted as stop:  # SIGTERM / SIGINT: saved, then stopped
+    print(f"[stop] {stop}", file=sys.stderr, flush=True)
+    sys.exit(stop.exit_code)
   except InputError as err:  # anything else is a bug: traceback, exit 1
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)

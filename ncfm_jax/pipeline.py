@@ -24,6 +24,7 @@ from ncfm_jax import execution
 from ncfm_jax import models
 from ncfm_jax import parameterize
 from ncfm_jax import plan as plan_lib
+from ncfm_jax import preemption
 from ncfm_jax import sharding
 from ncfm_jax import train as train_lib
 from ncfm_jax import workdir as wd
@@ -93,13 +94,17 @@ class Run:
     for member in sorted(set(range(cfg.num_models)) - done):
       key = jax.random.fold_in(jax.random.fold_in(self.key, 1), member)
       init = train_lib.init_variables(jax.random.fold_in(key, 0), self.model, self.example())
+      partial = checkpoints.TrainingCheckpoint(self.path("partial", f"pool_{member}"))
+      resume, after_chunk = partial.hooks(f"pretraining of pool member {member}")
       trained = train_lib.train_classifier(
           jax.random.fold_in(key, 1), self.model, images, targets, cfg,
           num_steps=steps, mean=self.mean, std=self.std, init_variables_=init,
-          desc=f"pretrain {member + 1}/{cfg.num_models}", mesh=self.mesh)
+          desc=f"pretrain {member + 1}/{cfg.num_models}", mesh=self.mesh,
+          resume=resume, after_chunk=after_chunk)
       acc = train_lib.accuracy(self.model, trained, self.dataset.test_images,
                                self.dataset.test_labels, self.mean, self.std)
       checkpoints.save_member(self.path("pool"), member, init, trained)
+      partial.remove()
       accuracies[str(member)] = acc
       wd.write_json(self.path("pool_accuracy.json"), accuracies)
       print(f"[pretrain] member {member}: test accuracy {acc:.2f}%", flush=True)
@@ -196,16 +201,23 @@ class Run:
       history["calibration"].extend(np.asarray(metrics["calibration"]).tolist())
       step += losses.shape[0]
       history["seconds"] = seconds_before + time.perf_counter() - start
-      if step % d.checkpoint_every == 0 or step == d.steps:
+      saved = step % d.checkpoint_every == 0 or step == d.steps
+      if saved:
         store.save(step, state, history)
       progress.update(step, loss=losses[-1],
                       calib=float(np.asarray(metrics["calibration"])[-1]),
                       lr_scale=float(np.asarray(metrics["lr_scale"])[-1]))
+      if step < d.steps and preemption.stop_here():
+        if not saved:
+          store.save(step, state, history)
+        raise preemption.stopped(f"distillation at step {step}/{d.steps}",
+                                 f"checkpoint in {store.directory}")
     return state
 
   def _save_distilled(self, d, state, history) -> dict:
-    wd.save_distilled(self.workdir, sharding.to_host(state.syn_images), d.factor,
-                      self.dataset.class_names, history)
+    # The per-class update clamps before an iteration, not after: clamp the last.
+    wd.save_distilled(self.workdir, np.clip(sharding.to_host(state.syn_images), 0.0, 1.0),
+                      d.factor, self.dataset.class_names, history)
     distributed.barrier("ncfm:distilled.npz written")  # evaluation reads it everywhere
     summary = wd.distill_summary(history)
     wd.update_metrics(self.workdir, distill=summary)
@@ -239,12 +251,13 @@ def run(config, workdir: str, mode: str = "all") -> dict:
   wd.update_metrics(workdir, dataset=r.dataset.name, ipc=int(config.distill.ipc),
                     config=wd.result_defining(config))
 
-  if mode == "pretrain" or (mode == "all" and not r.pretrain_done()):
-    wd.update_metrics(workdir, pretrain={"accuracy": r.pretrain()})
-  distilled = distributed.agree(os.path.exists(r.path("distilled.npz")))
-  if mode == "distill" or (mode == "all" and not distilled):
-    r.distill()
-  evaluation.evaluate_for_mode(r, mode)
+  with preemption.watch():  # SIGTERM / SIGINT: save where the run is, then stop
+    if mode == "pretrain" or (mode == "all" and not r.pretrain_done()):
+      wd.update_metrics(workdir, pretrain={"accuracy": r.pretrain()})
+    distilled = distributed.agree(os.path.exists(r.path("distilled.npz")))
+    if mode == "distill" or (mode == "all" and not distilled):
+      r.distill()
+    evaluation.evaluate_for_mode(r, mode)
   metrics = wd.read_json(r.path("metrics.json"), {})
   evaluation.print_summary(metrics)
   return metrics

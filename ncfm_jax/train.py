@@ -188,7 +188,8 @@ def train_classifier(key: jax.Array, model, images, targets, train_config, *,
                      num_steps: int, mean, std, teacher: Teacher | None = None,
                      desc: str = "train", init_variables_=None,
                      log_every_seconds: float = 10.0, mesh=None,
-                     checkpoint_every: int | None = None, on_checkpoint=None):
+                     checkpoint_every: int | None = None, on_checkpoint=None,
+                     resume=None, after_chunk=None):
   """Trains `model` from scratch on (`images`, `targets`); returns Flax variables.
 
   Args:
@@ -207,6 +208,11 @@ def train_classifier(key: jax.Array, model, images, targets, train_config, *,
     checkpoint_every, on_checkpoint: `on_checkpoint(step, variables)` after every
       `checkpoint_every` steps (None: none) and after the last (the release tests
       its evaluation networks so); the steps taken do not depend on it.
+    resume: `resume(fresh_state) -> (state, steps done) | None`: continue a training
+      stopped part-way (`checkpoints.TrainingCheckpoint.hooks`); the batches and
+      keys are those of the uninterrupted run.
+    after_chunk: `after_chunk(state, steps done)` after every host call (it may
+      save the state and raise to stop the run).
   """
   images = jnp.asarray(images)
   targets = jnp.asarray(targets, jnp.float32)
@@ -220,6 +226,11 @@ def train_classifier(key: jax.Array, model, images, targets, train_config, *,
   params = variables["params"]
   state = TrainState(jnp.zeros((), jnp.int32), params,
                      variables.get("batch_stats", {}), tx.init(params))
+  done = 0
+  if resume is not None:
+    resumed = resume(state)
+    if resumed is not None:
+      state, done = resumed
   order_seed = int(jax.random.randint(k_order, (), 0, 2**31 - 1))
   batch_idx = epoch_batches(np.random.default_rng(order_seed), images.shape[0],
                             train_config.batch_size, num_steps)
@@ -233,9 +244,8 @@ def train_classifier(key: jax.Array, model, images, targets, train_config, *,
     batch_idx = jnp.asarray(batch_idx)
   chunk_fn = make_train_chunk(model, tx, train_config, mean, std, teacher, mesh)
   per_call = max(1, int(train_config.steps_per_call))
-  progress = Progress(desc, num_steps, every_seconds=log_every_seconds)
+  progress = Progress(desc, num_steps, every_seconds=log_every_seconds, start=done)
   every = int(checkpoint_every or 0) if on_checkpoint is not None else 0
-  done = 0
   while done < num_steps:
     n = min(per_call, num_steps - done)
     if every:  # a call ends on a checkpoint
@@ -246,6 +256,8 @@ def train_classifier(key: jax.Array, model, images, targets, train_config, *,
     progress.update(done, loss=float(losses[-1]))
     if on_checkpoint is not None and ((every and done % every == 0) or done == num_steps):
       on_checkpoint(done, _variables(state, mesh))
+    if after_chunk is not None and done < num_steps:
+      after_chunk(state, done)
   return _variables(state, mesh)
 
 

@@ -14,6 +14,7 @@ Layout of a workdir:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -26,6 +27,7 @@ from ncfm_jax import config_lib
 from ncfm_jax import distributed
 from ncfm_jax import parameterize
 from ncfm_jax.errors import InputError
+from ncfm_jax.errors import writing
 
 # Knobs that change how a run executes, not what it computes: they may differ
 # between invocations on the same workdir.
@@ -134,17 +136,32 @@ def write_config(workdir: str, config) -> None:
   write_json(os.path.join(workdir, "config.json"), result_defining(config))
 
 
-def write_json(path: str, obj) -> None:
-  """Atomic JSON write (a crash leaves the old file or the new, never half).
+def atomic_write(path: str, write, suffix: str = ".tmp") -> None:
+  """`write(tmp_path)`, then the temporary file renamed over `path`: a crash or a
+  full disk leaves the old file or the new, never half (`errors.WriteError` names
+  `path` and the free space; the temporary file is removed).
 
   Like every writer here, only process 0 of a multi-process run writes."""
   if not distributed.is_primary():
     return
-  directory = os.path.dirname(path) or "."
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=False)
-  os.replace(tmp, path)
+  with writing(path):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=suffix)
+    os.close(fd)
+    try:
+      write(tmp)
+      os.replace(tmp, path)
+    except BaseException:
+      with contextlib.suppress(OSError):
+        os.remove(tmp)
+      raise
+
+
+def write_json(path: str, obj) -> None:
+  """Atomic JSON write (`atomic_write`)."""
+  def write(tmp):
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=1, sort_keys=False)
+  atomic_write(path, write)
 
 
 def read_json(path: str, default=None):
@@ -164,13 +181,8 @@ def update_metrics(workdir: str, **sections) -> dict:
 
 
 def save_npz(path: str, **arrays) -> None:
-  if not distributed.is_primary():
-    return
-  directory = os.path.dirname(path) or "."
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz")
-  os.close(fd)
-  np.savez_compressed(tmp, **arrays)
-  os.replace(tmp, path)
+  """Atomic compressed .npz write (`atomic_write`)."""
+  atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays), ".npz")
 
 
 def to_uint8(images) -> np.ndarray:
@@ -191,7 +203,8 @@ def save_image_grid(path: str, images: np.ndarray, max_columns: int = 20) -> Non
       grid[top:top + height, left:left + width] = images[c, i]
   grid = to_uint8(grid)
   mode = "L" if channels == 1 else "RGB"
-  Image.fromarray(grid[..., 0] if channels == 1 else grid, mode=mode).save(path)
+  image = Image.fromarray(grid[..., 0] if channels == 1 else grid, mode=mode)
+  atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), ".png")
 
 
 def save_loss_plot(path: str, history: dict) -> None:
@@ -213,8 +226,10 @@ def save_loss_plot(path: str, history: dict) -> None:
     ax.set_title("match loss (sum over classes)" if name == "loss" else "calibration CE")
     ax.set_xlabel("step")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  try:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), ".png")
+  finally:
+    plt.close(fig)
 
 
 def save_distilled(workdir: str, syn_images: np.ndarray, factor: int, class_names,

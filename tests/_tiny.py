@@ -120,6 +120,15 @@ def results(prefix: str, state, metrics) -> dict:
           f"{prefix}step": np.asarray(state.step)}
 
 
+def fashion_tiny_config(data_dir):
+  """configs/fashion_mnist.py:tiny reading the IDX files in `data_dir`
+  (`write_separable_idx`)."""
+  config = config_lib.load_config(str(Path(ROOT) / "configs" / "fashion_mnist.py") + ":tiny")
+  config.data.data_dir = str(data_dir)
+  config.data.source = "idx"
+  return config
+
+
 # ---------------------------------------------------------------- classifier training
 
 

@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "ncfm_jax"
 
 # Lowest first. A module's layer is that of its longest listed prefix.
 LAYERS = [
-    ["errors", "progress", "distributed", "allocator", "sincos"],
+    ["errors", "progress", "distributed", "allocator", "sincos", "preemption"],
     ["config_lib"],
     ["data"],
     ["models"],

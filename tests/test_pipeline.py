@@ -73,24 +73,11 @@ def _free_port() -> int:
     return sock.getsockname()[1]
 
 
-def _tiny_config(data_dir):
-  """The tiny preset reading the generated IDX files."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "fm", os.path.join(ROOT, "configs/fashion_mnist.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
-  config.data.data_dir = str(data_dir)
-  config.data.source = "idx"
-  return config
-
-
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, separable_idx_dir):
   """A workdir holding the tiny pool (pretrained once for the module)."""
   workdir = str(tmp_path_factory.mktemp("pool") / "run")
-  pipeline.run(_tiny_config(separable_idx_dir), workdir, mode="pretrain")
+  pipeline.run(_tiny.fashion_tiny_config(separable_idx_dir), workdir, mode="pretrain")
   return workdir
 
 
@@ -145,7 +132,7 @@ def test_cli_end_to_end(budget_run):
 
 def test_interrupted_distillation_resumes_to_the_same_images(pretrained, separable_idx_dir,
                                                             tmp_path, monkeypatch):
-  config = _tiny_config(separable_idx_dir)
+  config = _tiny.fashion_tiny_config(separable_idx_dir)
   straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
   shutil.copytree(pretrained, straight)
   shutil.copytree(pretrained, interrupted)
@@ -198,7 +185,7 @@ def test_a_workdir_that_is_a_file_is_refused_before_any_work(separable_idx_dir, 
   for workdir in (mine, mine / "run"):
     for mode in ("plan", "all"):
       with pytest.raises(InputError, match="is not a directory"):
-        pipeline.run(_tiny_config(separable_idx_dir), str(workdir), mode=mode)
+        pipeline.run(_tiny.fashion_tiny_config(separable_idx_dir), str(workdir), mode=mode)
   assert mine.read_text() == "mine"
 
 
@@ -213,7 +200,7 @@ def test_evaluating_a_set_that_is_not_there_writes_nothing(pretrained, separable
   (workdir / "config.json").unlink(missing_ok=True)
   (workdir / "metrics.json").unlink(missing_ok=True)
   before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
-  config = _tiny_config(separable_idx_dir)
+  config = _tiny.fashion_tiny_config(separable_idx_dir)
   config.eval.source = source
   with pytest.raises(InputError, match=message):
     pipeline.run(config, str(workdir), mode="evaluate")
