@@ -1,5 +1,8 @@
 """The min-max distillation step on tiny shapes (tests/_tiny.py)."""
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -407,3 +410,39 @@ def test_per_class_update_moves_every_class_at_every_class_step():
   got, _ = run(jax.tree.map(jnp.array, tiny.state), tiny.pool, tiny.data)
   moved = np.abs(np.asarray(got.syn_images) - np.asarray(jnp.clip(tiny.state.syn_images, 0, 1)))
   assert np.median(moved[0]) > 2 * cfg.lr, np.median(moved[0])
+
+
+# ---------------------------------------------------------------- before / after
+
+
+_GOLDEN = os.path.join(os.path.dirname(__file__), "data", "batched_step_golden.npz")
+_GOLDEN_CASES = {"psi": {}, "separate": dict(calibration_mode="separate"),
+                 "blocks_host": dict(class_block=2, block_loop="host"),
+                 "mmd": dict(loss="mmd")}
+
+
+def _recorded_here(recorded: dict) -> bool:
+  """The golden file was written with this jax on this CPU model (XLA:CPU's kernels,
+  hence the last bits of float sums, depend on both)."""
+  cpu = ""
+  if os.path.exists("/proc/cpuinfo"):
+    with open("/proc/cpuinfo") as f:
+      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+  return recorded["jax"] == jax.__version__ and recorded["cpu"] == cpu
+
+
+@pytest.mark.parametrize("case", sorted(_GOLDEN_CASES))
+def test_the_batched_step_is_what_it_was_before_it_became_module_functions(case):
+  """tests/data/batched_step_golden.npz: the images after 3 steps of the batched step's
+  variants, recorded with the closure-factory distill.py (commit 2d73e23). Bitwise
+  equal where recorded (same jax, same CPU model), within 1e-6 elsewhere."""
+  golden = np.load(_GOLDEN)
+  recorded = json.loads(str(golden["recorded"]))
+  cfg = _tiny.config(**_GOLDEN_CASES[case])
+  tiny = _tiny.setup(cfg)
+  state, _ = execution.make_run_steps(tiny.step, cfg, 3).run(tiny.state, tiny.pool, tiny.data)
+  want = golden[f"{case}_images"]
+  if _recorded_here(recorded):
+    np.testing.assert_array_equal(np.asarray(state.syn_images), want)
+  else:
+    np.testing.assert_allclose(np.asarray(state.syn_images), want, atol=1e-6)
