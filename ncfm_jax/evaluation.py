@@ -13,6 +13,7 @@ with other settings are never pooled (docs/design.md section 8).
 from __future__ import annotations
 
 import os
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -82,18 +83,49 @@ def _section(source: str) -> tuple[str, str | None]:
   return EVAL_SOURCES[source], None
 
 
-def check_available(run, source: str) -> None:
+class SetMakers(NamedTuple):
+  """What builds the training sets of the evaluation sources (`eval_set`).
+
+  Attributes:
+    config: the run's config.
+    workdir: where distilled.npz, init.npz and metrics.json are.
+    num_classes: C.
+    image_shape: (H, W, Ch).
+    real_subset: `(stream, per_class) -> uint8 [C, per_class, H, W, Ch]` distinct
+      random real images per class, seeded by the stream.
+    initial_synthetic: `() -> [C, ipc, H, W, Ch]` in [0, 1], the initial synthetic
+      set (when init.npz is not there).
+  """
+  config: Any
+  workdir: str
+  num_classes: int
+  image_shape: tuple
+  real_subset: Callable[[int, int], np.ndarray]
+  initial_synthetic: Callable[[], Any]
+
+
+class TestSet(NamedTuple):
+  """The real test split and the normalisation the networks are trained with."""
+  images: np.ndarray  # uint8 [N, H, W, Ch]
+  labels: np.ndarray  # [N]
+  mean: Any
+  std: Any
+
+
+def check_available(sets: SetMakers, source: str) -> None:
   """Raises InputError when `source` names a file, or a distilled set of this
   workdir, that does not exist (the other sources are computed)."""
   if is_file_source(source):
     path = source[len(FILE_PREFIX):]
     if not os.path.exists(path):
       raise InputError(f"eval.source file {path} not found")
-  elif source == "distilled" and not os.path.exists(run.path("distilled.npz")):
-    raise InputError(f"{run.path('distilled.npz')} not found: run --mode=distill first")
+  elif source == "distilled" and not os.path.exists(os.path.join(sets.workdir,
+                                                                 "distilled.npz")):
+    raise InputError(f"{os.path.join(sets.workdir, 'distilled.npz')} not found: run "
+                     f"--mode=distill first")
 
 
-def _external_set(run, path: str):
+def _external_set(sets: SetMakers, path: str):
   """Decoded training images float32 in [0, 1] and labels of an .npz file."""
   with np.load(path) as stored:
     if "images" not in stored or "labels" not in stored:
@@ -102,12 +134,12 @@ def _external_set(run, path: str):
     images, labels = stored["images"], np.asarray(stored["labels"]).astype(np.int64)
   images = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else (
       images.astype(np.float32))
-  if images.ndim != 4 or images.shape[1:] != run.image_shape or len(labels) != len(images):
+  if images.ndim != 4 or images.shape[1:] != sets.image_shape or len(labels) != len(images):
     raise InputError(f"{path}: images {images.shape} and labels {labels.shape} do not fit "
-                     f"this dataset's [N, {', '.join(map(str, run.image_shape))}]")
-  if labels.min() < 0 or labels.max() >= run.num_classes:
-    raise InputError(f"{path}: labels outside [0, {run.num_classes})")
-  factor = int(run.config.eval.file_factor)
+                     f"this dataset's [N, {', '.join(map(str, sets.image_shape))}]")
+  if labels.min() < 0 or labels.max() >= sets.num_classes:
+    raise InputError(f"{path}: labels outside [0, {sets.num_classes})")
+  factor = int(sets.config.eval.file_factor)
   if factor > 1:  # factor-tiled stored images, as the authors publish them
     images = np.asarray(parameterize.decode(jnp.asarray(images), factor))
     labels = np.repeat(labels, factor**2)
@@ -120,39 +152,39 @@ def _decoded(stored: np.ndarray, factor: int) -> np.ndarray:
       jnp.asarray(stored.reshape((-1,) + stored.shape[2:])), factor))
 
 
-def eval_set(run, source: str):
+def eval_set(sets: SetMakers, source: str):
   """(images float32 `[N, H, W, C]` in [0, 1], labels `[N]`) of an evaluation source."""
-  d = run.config.distill
-  check_available(run, source)
+  d = sets.config.distill
+  check_available(sets, source)
   if is_file_source(source):
-    return _external_set(run, source[len(FILE_PREFIX):])
+    return _external_set(sets, source[len(FILE_PREFIX):])
   if source == "random_real":  # ipc real images per class: the same storage budget
-    images = run.real_subset(RANDOM_REAL_STREAM, d.ipc).astype(np.float32) / 255.0
-    labels = np.repeat(np.arange(run.num_classes), d.ipc)
+    images = sets.real_subset(RANDOM_REAL_STREAM, d.ipc).astype(np.float32) / 255.0
+    labels = np.repeat(np.arange(sets.num_classes), d.ipc)
     return images.reshape((-1,) + images.shape[2:]), labels
   if source == "distilled":
-    stored = np.load(run.path("distilled.npz"))["images"]
+    stored = np.load(os.path.join(sets.workdir, "distilled.npz"))["images"]
   else:  # init
-    path = run.path("init.npz")
+    path = os.path.join(sets.workdir, "init.npz")
     stored = np.load(path)["images"] if os.path.exists(path) else np.asarray(
-        run.initial_synthetic())
-  labels = np.repeat(np.arange(run.num_classes), d.ipc * d.factor**2)
+        sets.initial_synthetic())
+  labels = np.repeat(np.arange(sets.num_classes), d.ipc * d.factor**2)
   return _decoded(stored, d.factor), labels
 
 
-def check_settings(run, sources) -> dict:
+def check_settings(config, workdir: str, sources) -> dict:
   """This config's eval settings (`wd.eval_settings`); refuses (WorkdirError) to add
   to or report runs of `sources` made with other settings."""
-  metrics = wd.read_json(run.path("metrics.json"), {})
-  settings = wd.eval_settings(run.config.eval)
+  metrics = wd.read_json(os.path.join(workdir, "metrics.json"), {})
+  settings = wd.eval_settings(config.eval)
   refusal = None
   try:
     for source in sources:
       section, entry = _section(source)
       recorded = metrics.get(section, {})
       recorded = recorded.get(entry, {}) if entry else recorded
-      for arch in run.config.eval.archs:
-        wd.check_eval_settings(run.workdir, section, arch, recorded.get(arch, {}), settings)
+      for arch in config.eval.archs:
+        wd.check_eval_settings(workdir, section, arch, recorded.get(arch, {}), settings)
   except wd.WorkdirError as err:
     refusal = err
   # Every process stops, or none: process 0's reading decides.
@@ -161,64 +193,71 @@ def check_settings(run, sources) -> dict:
   return settings
 
 
-def teacher(run) -> train_lib.Teacher:
-  """Soft-label teacher: the first trained pool member (inference mode)."""
-  pool = run.load_pool()
-  return train_lib.Teacher(run.model, jax.tree.map(lambda x: x[0], pool.trained_variables))
+def train_and_test(key: jax.Array, model, images, targets, eval_config, test: TestSet, *,
+                   num_steps: int, every: int, partial: checkpoints.TrainingCheckpoint,
+                   desc: str, teacher=None, mesh=None) -> list:
+  """Trains `model` from scratch on (`images`, `targets`) and returns its test
+  accuracy `[[step, accuracy %], ...]` every `every` steps and after the last. A
+  stop signal saves the training and the accuracies so far in `partial`, from
+  which the next call resumes."""
+  curve = []
+
+  def record(step, variables):
+    curve.append([step, train_lib.accuracy(model, variables, test.images, test.labels,
+                                           test.mean, test.std)])
+  resume, after_chunk = partial.hooks(desc, extras=lambda: {"curve": curve})
+
+  def resume_with_curve(fresh):
+    resumed = resume(fresh)
+    if resumed is not None:  # the test accuracies it recorded before
+      curve.extend(partial.restore(fresh)[1]["curve"])
+    return resumed
+  train_lib.train_classifier(
+      key, model, images, targets, eval_config, num_steps=num_steps, mean=test.mean,
+      std=test.std, teacher=teacher, desc=desc, mesh=mesh, checkpoint_every=every,
+      on_checkpoint=record, resume=resume_with_curve, after_chunk=after_chunk)
+  partial.remove()
+  return curve
 
 
-def evaluate(run, source: str) -> dict:
-  """Trains `eval.num_eval` networks per architecture on `source`; returns its section."""
-  cfg = run.config.eval
+def evaluate(sets: SetMakers, source: str, *, make_model: Callable[[str], Any],
+             test: TestSet, key: jax.Array, teacher=None, mesh=None) -> dict:
+  """Trains `eval.num_eval` networks per architecture (`make_model(arch)`) on
+  `source`'s set, run r from `fold_in(key, r)`; appends each run to metrics.json as
+  it finishes and returns the source's section."""
+  config = sets.config
+  cfg = config.eval
   section, entry = _section(source)
-  images, labels = eval_set(run, source)
-  metrics = wd.read_json(run.path("metrics.json"), {})
+  images, labels = eval_set(sets, source)
+  metrics = wd.read_json(os.path.join(sets.workdir, "metrics.json"), {})
   results = dict(metrics.get(section, {}))
   results = dict(results.get(entry, {})) if entry else results
-  num_steps = eval_steps(run.config, run.num_classes)
-  settings = check_settings(run, [source])
-  soft_teacher = teacher(run) if cfg.soft_labels else None
-  every = checkpoint_steps(run.config, run.num_classes)
+  num_steps = eval_steps(config, sets.num_classes)
+  settings = check_settings(config, sets.workdir, [source])
+  every = checkpoint_steps(config, sets.num_classes)
+  targets = jax.nn.one_hot(jnp.asarray(labels), sets.num_classes)
   for arch in cfg.archs:
-    model = run.make_model(arch)
+    model = make_model(arch)
     done = results.get(arch, {})
     runs = list(done.get("runs", []))
     curves = list(done.get("checkpoints", []))
     for repeat in range(distributed.agree(len(runs)), cfg.num_eval):
-      key = jax.random.fold_in(jax.random.fold_in(run.key, 5), repeat)
-      partial = checkpoints.TrainingCheckpoint(run.path(
-          "partial", f"{section}{'_' + entry if entry else ''}_{arch}_{repeat}"))
-      curve = []
-
-      def record(step, variables, model=model, curve=curve):
-        curve.append([step, train_lib.accuracy(model, variables, run.dataset.test_images,
-                                               run.dataset.test_labels, run.mean, run.std)])
-      resume, after_chunk = partial.hooks(
-          f"evaluation run {repeat + 1} of {source} ({arch})",
-          extras=lambda curve=curve: {"curve": curve})
-
-      def resume_with_curve(fresh, resume=resume, partial=partial, curve=curve):
-        resumed = resume(fresh)
-        if resumed is not None:  # the test accuracies it recorded before
-          curve.extend(partial.restore(fresh)[1]["curve"])
-        return resumed
-      train_lib.train_classifier(
-          key, model, jnp.asarray(images), run.onehot(labels), cfg,
-          num_steps=num_steps, mean=run.mean, std=run.std, teacher=soft_teacher,
-          desc=f"eval {source} {arch} {repeat + 1}/{cfg.num_eval}", mesh=run.mesh,
-          checkpoint_every=every, on_checkpoint=record, resume=resume_with_curve,
-          after_chunk=after_chunk)
-      acc = curve[-1][1]
-      runs.append(acc)
+      name = f"{section}{'_' + entry if entry else ''}_{arch}_{repeat}"
+      curve = train_and_test(
+          jax.random.fold_in(key, repeat), model, jnp.asarray(images), targets, cfg, test,
+          num_steps=num_steps, every=every, teacher=teacher, mesh=mesh,
+          partial=checkpoints.TrainingCheckpoint(os.path.join(sets.workdir, "partial", name)),
+          desc=f"eval {source} {arch} {repeat + 1}/{cfg.num_eval}")
+      runs.append(curve[-1][1])
       curves.append(curve)
       results[arch] = run_summary(runs, curves, num_steps, every, settings)
       if entry:
-        stored = dict(wd.read_json(run.path("metrics.json"), {}).get(section, {}))
-        wd.update_metrics(run.workdir, **{section: {**stored, entry: results}})
+        stored = dict(wd.read_json(os.path.join(sets.workdir, "metrics.json"), {}).get(
+            section, {}))
+        wd.update_metrics(sets.workdir, **{section: {**stored, entry: results}})
       else:
-        wd.update_metrics(run.workdir, **{section: results})  # resumable per run
-      partial.remove()
-      print(f"[eval] {source} {arch} run {repeat + 1}: {acc:.2f}% (best of "
+        wd.update_metrics(sets.workdir, **{section: results})  # resumable per run
+      print(f"[eval] {source} {arch} run {repeat + 1}: {curve[-1][1]:.2f}% (best of "
             f"{len(curve)} checkpoints {max(a for _, a in curve):.2f}%)", flush=True)
   return results
 
@@ -245,15 +284,6 @@ def result_text(result: dict | None) -> str:
   text = f"{result['mean']:.2f} +- {result['std']:.2f} (n={len(result['runs'])}"
   best = result.get("best")
   return text + (f"; best of checkpoints {best['mean']:.2f})" if best else ")")
-
-
-def evaluate_for_mode(run, mode: str) -> None:
-  """`--mode=evaluate`: `eval.source` again; `--mode=all`: the missing runs of the
-  distilled set (and the baselines)."""
-  metrics = wd.read_json(run.path("metrics.json"), {})
-  for source in sources_for_mode(run.config, mode):
-    if mode == "evaluate" or distributed.agree(missing_runs(run.config, metrics, source)):
-      evaluate(run, source)
 
 
 def missing_runs(config, metrics: dict, source: str) -> bool:

@@ -118,6 +118,29 @@ class Run:
     return checkpoints.load_pool(self.path("pool"), abstract,
                                  self.config.pretrain.num_models)
 
+  # ----------------------------------------------------------------- evaluate
+  def set_makers(self) -> evaluation.SetMakers:
+    """What evaluation builds its training sets from (this run's data and samplers)."""
+    return evaluation.SetMakers(self.config, self.workdir, self.num_classes,
+                                self.image_shape, self.real_subset, self.initial_synthetic)
+
+  def evaluate(self, mode: str) -> None:
+    """`--mode=evaluate`: `eval.source` again; `--mode=all`: the missing runs of the
+    distilled set (and the baselines)."""
+    metrics = wd.read_json(self.path("metrics.json"), {})
+    test = evaluation.TestSet(self.dataset.test_images, self.dataset.test_labels,
+                              self.mean, self.std)
+    teacher = None
+    if self.config.eval.soft_labels:  # the first trained pool member, inference mode
+      teacher = train_lib.Teacher(self.model, jax.tree.map(
+          lambda x: x[0], self.load_pool().trained_variables))
+    for source in evaluation.sources_for_mode(self.config, mode):
+      if mode == "evaluate" or distributed.agree(
+          evaluation.missing_runs(self.config, metrics, source)):
+        evaluation.evaluate(self.set_makers(), source, make_model=self.make_model,
+                            test=test, key=jax.random.fold_in(self.key, 5),
+                            teacher=teacher, mesh=self.mesh)
+
   # ------------------------------------------------------------------ distill
   def real_subset(self, stream: int, per_class: int) -> np.ndarray:
     """uint8 `[C, per_class, H, W, Ch]` distinct random real images per class (host,
@@ -240,9 +263,9 @@ def run(config, workdir: str, mode: str = "all") -> dict:
     wd.write_json(os.path.join(workdir, "plan.json"), result)
     return result
   r = Run(config, workdir)  # loads the data: bad data fails before anything is written
-  evaluation.check_settings(r, evaluation.sources_for_mode(config, mode))
+  evaluation.check_settings(config, workdir, evaluation.sources_for_mode(config, mode))
   if mode == "evaluate":  # a set that is not there stops before anything is written
-    evaluation.check_available(r, config.eval.source)
+    evaluation.check_available(r.set_makers(), config.eval.source)
   if mode == "distill" or (mode == "all" and not distributed.agree(
       os.path.exists(r.path("distilled.npz")))):
     r.planned_distill_config()  # a budget that no plan fits stops before any work
@@ -257,7 +280,7 @@ def run(config, workdir: str, mode: str = "all") -> dict:
     distilled = distributed.agree(os.path.exists(r.path("distilled.npz")))
     if mode == "distill" or (mode == "all" and not distilled):
       r.distill()
-    evaluation.evaluate_for_mode(r, mode)
+    r.evaluate(mode)
   metrics = wd.read_json(r.path("metrics.json"), {})
   evaluation.print_summary(metrics)
   return metrics
