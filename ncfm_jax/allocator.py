@@ -7,9 +7,9 @@ the 2-core CPU (README "Step benchmark"): cifar10_ipc10 4.3-4.8 -> 3.5 s/step, a
 one ConvNet block's forward+input-gradient on 80 images 165 -> 68 ms.
 
 `LD_PRELOAD` only takes effect when a process starts, so `python -m ncfm_jax.main`
-re-executes itself once with it (`reexec_with_tcmalloc`), and the benchmarks put
-it into their child processes' environment (`with_tcmalloc`). `NCFM_TCMALLOC=0`
-turns both off. The library is the Debian/Ubuntu package `libtcmalloc-minimal4`
+re-executes itself once with it (`reexec_with_tcmalloc`) when it will run on the
+CPU, and the benchmarks put it into their child processes' environment
+(`with_tcmalloc`). `NCFM_TCMALLOC=0` turns both off. The library is the Debian/Ubuntu package `libtcmalloc-minimal4`
 (`launch/_setup.sh` installs it where apt-get is available); without it nothing
 changes.
 """
@@ -17,12 +17,26 @@ changes.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import sys
 
 _PATTERNS = ("/usr/lib/*/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4",
              "/usr/lib/libtcmalloc_minimal.so.4")
 _REEXECED = "NCFM_TCMALLOC_REEXECED"
+# JAX's accelerator plugins: where one is installed JAX picks its device by default.
+_ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
+                        "jax_rocm7_plugin", "libtpu")
+
+
+def cpu_backend(env=None) -> bool:
+  """Whether JAX will run on the CPU, told without starting it: `JAX_PLATFORMS`
+  when set (its first platform), else no GPU/TPU plugin installed."""
+  env = os.environ if env is None else env
+  platforms = env.get("JAX_PLATFORMS", "").strip().lower()
+  if platforms:
+    return platforms.split(",")[0].strip() == "cpu"
+  return not any(importlib.util.find_spec(name) for name in _ACCELERATOR_PLUGINS)
 
 
 def find_tcmalloc() -> str | None:
@@ -64,10 +78,11 @@ def with_tcmalloc(env) -> dict:
 def reexec_with_tcmalloc() -> None:
   """Re-executes this process (same interpreter, argv, pid) with tcmalloc preloaded.
 
-  Does nothing when tcmalloc is already loaded, disabled, not installed, or this
-  process is itself such a re-execution. Call it before any work starts.
+  Does nothing when tcmalloc is already loaded, disabled, not installed, when JAX
+  will not run on the CPU (`cpu_backend`: the accelerator's memory is not malloc's),
+  or when this process is itself such a re-execution. Call it before any work starts.
   """
-  if is_loaded() or not enabled() or os.environ.get(_REEXECED):
+  if is_loaded() or not enabled() or os.environ.get(_REEXECED) or not cpu_backend():
     return
   env = with_tcmalloc(os.environ)
   if "LD_PRELOAD" not in env or env.get("LD_PRELOAD") == os.environ.get("LD_PRELOAD"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import os
+import re
 from typing import Sequence
 
 import ml_collections
@@ -351,6 +352,24 @@ def resolve_config(spec: str) -> str:
         + (f", nor {name!r} among the installed configs ({_CONFIG_PACKAGE})"
            if head in ("", "configs") else ""))
   return packaged + sep + arg
+
+
+DEFAULT_WORKDIRS = "workdirs"
+"""Where runs go when no directory is given (relative to the working directory)."""
+
+
+def default_workdir(spec: str, prefix: str = "") -> str:
+  """``workdirs/<prefix><config file stem>[_<arg>...]`` of a config spec
+  ``path.py[:arg]``: the same command gets the same directory, so re-running it
+  resumes.
+
+  >>> default_workdir("configs/cifar10.py:ipc=50,quick")
+  'workdirs/cifar10_ipc50_quick'
+  """
+  path, _, arg = spec.partition(":")
+  stem = os.path.splitext(os.path.basename(path))[0]
+  parts = [re.sub(r"[^A-Za-z0-9.]", "", item) for item in arg.split(",")]
+  return os.path.join(DEFAULT_WORKDIRS, prefix + "_".join([stem, *filter(None, parts)]))
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

@@ -1,9 +1,11 @@
-"""Command line: `python -m ncfm_jax.main --config=configs/X.py[:arg] --workdir=DIR`.
+"""Command line: `python -m ncfm_jax.main --config=configs/X.py[:arg] [--workdir=DIR]`.
 
-Any config field can be overridden, e.g. `--config.distill.ipc=50`. `--mode=plan` writes
-the memory plan of one distillation step (DIR/plan.json) without loading data. `--mode=all`
-(default) runs the phases that have no result in the workdir yet; re-running a
-killed command resumes from the last checkpoint.
+Any config field can be overridden, e.g. `--config.distill.ipc=50`. Without
+`--workdir` the run uses `workdirs/<config file stem>[_<arg>]` (printed first).
+`--mode=plan` writes the memory plan of one distillation step (DIR/plan.json)
+without loading data. `--mode=all` (default) runs the phases that have no result in
+the workdir yet; re-running a command resumes from the last checkpoint, also after
+a SIGTERM or Ctrl-C (which save where the run is before it stops).
 """
 
 import os
@@ -26,9 +28,11 @@ from ncfm_jax.errors import one_line
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, e.g. configs/fashion_mnist.py:quick.",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints and results (default: "
+    "workdirs/<config file stem>[_<arg>]).")
 _MODE = flags.DEFINE_enum("mode", "all", list(pipeline.MODES), "Phase(s) to run.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
@@ -51,7 +55,12 @@ def main(argv):
       config.get("distill")  # config_flags defers a config file that failed to load
     except OSError as err:
       raise InputError(f"--config: {one_line(str(err))}") from err
-    pipeline.run(config, _WORKDIR.value, _MODE.value)
+    workdir = _WORKDIR.value
+    if workdir is None:
+      workdir = config_lib.default_workdir(flags.FLAGS["config"].config_filename)
+      print(f"[workdir] {workdir} (the default for this config; --workdir=DIR to choose)",
+            flush=True)
+    pipeline.run(config, workdir, _MODE.value)
   except preemption.Preempted as stop:  # SIGTERM / SIGINT: saved, then stopped
     print(f"[stop] {stop}", file=sys.stderr, flush=True)
     sys.exit(stop.exit_code)

@@ -1,9 +1,10 @@
-"""The paper, cell by cell: ``python -m ncfm_jax.reproduce --cells=... --out=DIR``.
+"""The paper, cell by cell: ``python -m ncfm_jax.reproduce --cells=... [--out=DIR]``.
 
 A cell is ``dataset:ipc=N`` (e.g. ``cifar10:ipc=10``), the run of the config
 ``configs/<dataset>.py:ipc=N`` (further config arguments may follow the ipc:
 ``fashion_mnist:ipc=10,quick``; the cell's ipc wins over a preset's). Each cell
-is one ``python -m ncfm_jax.main`` run in ``DIR/<cell>`` (`ncfm_jax.grid`): the
+is one ``python -m ncfm_jax.main`` run in ``DIR/<cell>`` (`ncfm_jax.grid`; DIR
+defaults to ``workdirs/reproduce``): the
 pool, distillation at the release's budget, then evaluation with the paper's
 protocol: `--num-eval` networks (the paper: 10) trained from scratch on the
 distilled set, ConvNet, and with `--cross-arch` also AlexNet, VGG-11 and
@@ -244,7 +245,8 @@ def _parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--cells", required=True,
                       help="comma list of dataset:ipc=N, e.g. cifar10:ipc=10,cifar100:ipc=50")
-  parser.add_argument("--out", required=True, help="directory of the cells (resumable)")
+  parser.add_argument("--out", default=os.path.join(config_lib.DEFAULT_WORKDIRS, "reproduce"),
+                      help="directory of the cells (resumable; default workdirs/reproduce)")
   parser.add_argument("--fraction", type=float, default=1.0,
                       help="of the distillation steps, pretraining and evaluation epochs")
   parser.add_argument("--num-eval", type=int, default=DEFAULT_NUM_EVAL,

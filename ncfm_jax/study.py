@@ -1,4 +1,4 @@
-"""The accuracy study on Fashion-MNIST: `python -m ncfm_jax.study --out=DIR [...]`.
+"""The accuracy study on Fashion-MNIST: `python -m ncfm_jax.study [--out=DIR] [...]`.
 
 Pretrains one pool (`DIR/pool`, pretraining does not depend on the distillation
 settings), then runs the CLI once per distinct distillation setting, each in its
@@ -250,7 +250,8 @@ def _copy_pool(pool_dir: str, workdir: str) -> None:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m ncfm_jax.study", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--out", required=True, help="study directory (resumable)")
+  parser.add_argument("--out", default=None,
+                      help="study directory (resumable; default workdirs/study_<config>)")
   parser.add_argument("--config", default="configs/fashion_mnist.py:quick",
                       help="the CLI config that sets the budget")
   parser.add_argument("--group", default=",".join(GROUPS))
@@ -259,6 +260,9 @@ def main(argv=None) -> int:
   parser.add_argument("--seeds", default="",
                       help="comma list: run every cell once per seed (paired)")
   args, passthrough = parser.parse_known_args(argv)
+  if args.out is None:
+    args.out = config_lib.default_workdir(args.config, prefix="study_")
+    print(f"[study] --out={args.out} (the default for this config)", flush=True)
   groups = [g.strip() for g in args.group.split(",") if g.strip()]
   for group in groups:
     if group not in GROUPS:

@@ -53,3 +53,20 @@ def test_wrapper_reports_a_missing_command():
   done = _run([sys.executable, "-m", "ncfm_jax.allocator", "no-such-command-xyz"])
   assert done.returncode == 2
   assert "no-such-command-xyz" in done.stderr
+
+
+def test_only_a_cpu_run_re_executes_with_tcmalloc(monkeypatch):
+  assert allocator.cpu_backend({"JAX_PLATFORMS": "cpu"})
+  assert not allocator.cpu_backend({"JAX_PLATFORMS": "cuda,cpu"})
+  assert not allocator.cpu_backend({"JAX_PLATFORMS": "tpu"})
+  found = {"jax_cuda12_plugin"}
+  monkeypatch.setattr(allocator.importlib.util, "find_spec", lambda name: name in found)
+  assert not allocator.cpu_backend({})  # a GPU plugin: JAX picks the GPU
+  found.clear()
+  assert allocator.cpu_backend({})
+  # On a GPU host the CLI does not re-execute itself.
+  monkeypatch.setattr(allocator, "is_loaded", lambda: False)
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+  monkeypatch.delenv(allocator._REEXECED, raising=False)  # pylint: disable=protected-access
+  monkeypatch.setattr(allocator.os, "execve", lambda *a: pytest.fail("re-executed"))
+  allocator.reexec_with_tcmalloc()

@@ -191,3 +191,13 @@ def test_data_download_is_runtime_only():
   offline = config_lib.base_config()
   offline.data.download = False
   assert workdir.result_defining(offline) == workdir.result_defining(config)
+
+
+@pytest.mark.parametrize("spec, want", [
+    ("configs/imagenette.py", "workdirs/imagenette"),
+    ("configs/fashion_mnist.py:tiny", "workdirs/fashion_mnist_tiny"),
+    ("/abs/configs/cifar10.py:ipc=50,quick", "workdirs/cifar10_ipc50_quick"),
+])
+def test_the_default_workdir_is_named_after_the_config(spec, want):
+  assert config_lib.default_workdir(spec) == want
+  assert config_lib.default_workdir(spec, prefix="study_") == want.replace("/", "/study_")

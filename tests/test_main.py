@@ -75,3 +75,23 @@ def test_batch_real_is_capped_at_the_smallest_class_once(capsys):
   config.distill.batch_real = 8
   assert pipeline.Run.distill_config(run).batch_real == 8
   assert "capped" not in capsys.readouterr().out
+
+
+def test_without_workdir_the_run_uses_the_configs_default_and_resumes(separable_idx_dir,
+                                                                       tmp_path):
+  """`python -m ncfm_jax.main --config=configs/fashion_mnist.py:tiny` as written: the
+  run goes to workdirs/fashion_mnist_tiny (said first), and the same command again
+  finds its work there."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", NCFM_TCMALLOC="0")
+  command = [sys.executable, "-m", "ncfm_jax.main", "--config=configs/fashion_mnist.py:tiny",
+             f"--config.data.data_dir={separable_idx_dir}", "--config.data.source=idx",
+             "--config.pretrain.num_models=1", "--mode=pretrain"]
+  os.symlink(os.path.join(ROOT, "configs"), tmp_path / "configs")
+  runs = [subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300) for _ in range(2)]
+  for run in runs:
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines()[0].startswith("[workdir] workdirs/fashion_mnist_tiny ")
+  assert (tmp_path / "workdirs" / "fashion_mnist_tiny" / "pool").is_dir()
+  assert "[pretrain] member 0" in runs[0].stdout
+  assert "[pretrain]" not in runs[1].stdout  # found done
