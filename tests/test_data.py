@@ -18,6 +18,7 @@ from ncfm_jax.data import idx as idx_lib
 from ncfm_jax.data import images as images_lib
 from ncfm_jax.data import selection as selection_lib
 from ncfm_jax.data import sources
+from ncfm_jax.data import tfds_source
 from ncfm_jax.data import tinyimagenet_prepare
 from ncfm_jax.errors import DataNotFoundError
 
@@ -508,6 +509,32 @@ def test_tfds_download_failure_is_one_instructive_line(stand_in, tmp_path, tfds,
   assert f"tfds.builder('cifar10', data_dir={str(tmp_path)!r}).download_and_prepare()" in message
   assert isinstance(raised.value, ValueError) and isinstance(raised.value, FileNotFoundError)
   assert raised.value.__cause__ is failure and builder.downloads == 1
+
+
+def test_offline_a_tfds_download_fails_at_once_in_one_line(stand_in, tmp_path, monkeypatch):
+  builder = stand_in()  # as tfds' own downloader, behind a network that does not answer
+  monkeypatch.setattr(tfds_source, "_fetches_from_the_network", lambda builder: True)
+  monkeypatch.setattr(tfds_source, "network_problem",
+                      lambda timeout=None: "tfds.example:443 unreachable")
+  start = time.perf_counter()
+  with pytest.raises(DataNotFoundError) as raised:
+    data.load_dataset({"name": "cifar10", "data_dir": str(tmp_path)})
+  assert time.perf_counter() - start < 15
+  message = str(raised.value)
+  assert "\n" not in message and "'cifar10' is not under" in message
+  assert "tfds.example:443 unreachable" in message
+  assert f"tfds.builder('cifar10', data_dir={str(tmp_path)!r}).download_and_prepare()" in message
+  assert builder.downloads == 0  # tfds' own retries never start
+
+
+def test_the_network_probe_gives_up_within_its_timeout(monkeypatch):
+  def unreachable(address, timeout):
+    assert timeout <= tfds_source.PROBE_SECONDS
+    raise OSError(101, "Network is unreachable")
+  monkeypatch.setattr(tfds_source.socket, "create_connection", unreachable)
+  monkeypatch.delenv("https_proxy", raising=False)
+  monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+  assert tfds_source.network_problem() == "proxy.internal:3128 unreachable: Network is unreachable"
 
 
 def test_tfds_imagenet_is_never_downloaded(stand_in, tmp_path):

@@ -5,7 +5,9 @@ its progress) when ``download`` is set and tfds can fetch it (cifar10, cifar100,
 svhn_cropped, imagenette, mnist, fashion_mnist, ...). ImageNet (``imagenet2012``, and
 any builder with manual download instructions) is never downloaded: the error says
 where to put the archives. Offline, or with ``download=False``, a missing dataset stops
-with one line naming it and the command that prepares it.
+with one line naming it and the command that prepares it: before downloading, one TCP
+connection to tfds' servers (or the HTTPS proxy) is tried with a few seconds'
+timeout, because tfds itself retries an unreachable network for minutes.
 
 Two ways to read a split:
 
@@ -26,6 +28,9 @@ extra: ``pip install 'ncfm-jax[tfds]'``), and TensorFlow is kept off the GPUs.
 from __future__ import annotations
 
 import functools
+import os
+import socket
+import urllib.parse
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,6 +40,31 @@ from ncfm_jax.data import selection as selection_lib
 from ncfm_jax.errors import DataNotFoundError, InputError
 
 IMAGENET_BUILDER = "imagenet2012"
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+"""Where tfds fetches prepared datasets first (its GCS mirror): the network probe."""
+PROBE_SECONDS = 5.0
+
+
+def network_problem(timeout: float = PROBE_SECONDS) -> str | None:
+  """None when a TCP connection to tfds' download host (or the HTTPS proxy, when one
+  is set) opens within `timeout` seconds; else what went wrong, in a few words."""
+  proxy = os.environ.get("https_proxy") or os.environ.get("HTTPS_PROXY")
+  host, port = DOWNLOAD_HOST
+  if proxy:
+    parsed = urllib.parse.urlparse(proxy if "://" in proxy else "http://" + proxy)
+    host, port = parsed.hostname or host, parsed.port or 80
+  try:
+    with socket.create_connection((host, port), timeout=timeout):
+      return None
+  except OSError as err:
+    return f"{host}:{port} unreachable: {err.strerror or err}"
+
+
+def _fetches_from_the_network(builder) -> bool:
+  """Whether `builder.download_and_prepare` is tfds' own, which goes to the network
+  (not a stand-in such as `tfds.testing.mock_data`'s no-op)."""
+  method = getattr(type(builder), "download_and_prepare", None)
+  return getattr(method, "__module__", "").startswith("tensorflow_datasets.core")
 
 
 @functools.cache
@@ -107,6 +137,13 @@ def _prepare(builder, data_dir: str | None) -> None:
     return  # a missing manual dataset fails in _as_dataset, with the instructions
   tfds, _ = _modules()
   name = _full_name(builder)
+  problem = network_problem() if _fetches_from_the_network(builder) else None
+  if problem is not None:
+    raise DataNotFoundError(
+        f"tfds dataset '{name}' is not under {builder.data_dir_root} and cannot be "
+        f"downloaded ({problem}); prepare it where there is a network and copy the "
+        f"directory here, or give --config.data.data_dir: "
+        f"{prepare_instructions(name, data_dir)}")
   print(f"[data] tfds dataset '{name}' is not under {builder.data_dir_root}: "
         "downloading and preparing it (once)", flush=True)
   try:
