@@ -155,6 +155,10 @@ def base_config() -> ml_collections.ConfigDict:
   # the pass sizes, remat_syn and freq_chunk that fit it, fastest first; explicit
   # values of those fields are kept.
   config.distill.memory_budget_gb = ml_collections.FieldReference(None, field_type=float)
+  # When several plans fit, time each on random data and take the fastest (False:
+  # the first that fits, no timing). Costs seconds on GPU/TPU; on a 2-core CPU
+  # CIFAR-100 ipc 50's batched update timed two plans in ~170 s (docs/benchmarks.md).
+  config.distill.plan_timing = True
   config.distill.alpha = 0.5
   config.distill.beta = 0.5
   config.distill.loss_scale = 300.0  # (release) per-class multiplier

@@ -176,7 +176,8 @@ class Run:
         self.config, num_classes=self.num_classes, image_shape=self.image_shape,
         train_images=int(self.dataset.train_images.shape[0]),
         largest_class=int(np.bincount(self.dataset.train_labels).max()),
-        mean=self.mean, std=self.std), d, timed=self.mesh is None)
+        mean=self.mean, std=self.std), d,
+        timed=self.mesh is None and bool(d.get("plan_timing", True)))
     print(choice.summary(), flush=True)
     os.makedirs(self.workdir, exist_ok=True)
     wd.write_json(self.path("plan.json"), choice.to_json())

@@ -37,7 +37,7 @@ RUNTIME_KEYS = frozenset({
     "distill.checkpoint_every", "distill.keep_checkpoints",
     "distill.class_sharded", "distill.class_block", "distill.block_loop",
     "distill.real_chunk", "distill.syn_chunk", "distill.freq_chunk", "distill.remat_syn",
-    "distill.memory_budget_gb",
+    "distill.memory_budget_gb", "distill.plan_timing",
     "pretrain.steps_per_call",
 })
 

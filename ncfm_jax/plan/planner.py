@@ -273,7 +273,7 @@ class Planner:
     device = jax.devices()[0]
     d = json.loads(self.config.to_json_best_effort())
     for field in ("steps", "checkpoint_every", "keep_checkpoints", "memory_budget_gb",
-                  *PLAN_FIELDS):
+                  "plan_timing", *PLAN_FIELDS):
       d.pop(field, None)
     spec = self.spec._asdict()
     spec.pop("model")
@@ -333,6 +333,6 @@ def plan_from_registry(config) -> dict:
   print(f"[plan] {shape.name}: {shape.num_classes} classes of {shape.image_shape}, "
         f"{shape.train_images} training images ({shape.source}); training set "
         f"{'on the device' if spec.data_on_device else 'streamed from the host'}", flush=True)
-  choice = choose(spec, d)
+  choice = choose(spec, d, timed=bool(d.get("plan_timing", True)))
   print(choice.summary(), flush=True)
   return dict(choice.to_json(), dataset=shape._asdict())
