@@ -245,6 +245,23 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def distill_config(**fields) -> ml_collections.ConfigDict:
+  """The `distill` section of `base_config()` (the release's values) with `fields`
+  set, for building a step outside the CLI, e.g. in a notebook:
+
+  >>> config = distill_config(ipc=2, num_freqs=256, update_mode="batched")
+
+  Raises:
+    InputError: a field the section does not have.
+  """
+  config = base_config().distill
+  for name, value in fields.items():
+    if name not in config:
+      raise InputError(f"distill has no field {name!r}; fields: {', '.join(sorted(config))}")
+    config[name] = value
+  return config
+
+
 def imagenet_subset_config(name: str, arg: str | None) -> ml_collections.ConfigDict:
   """ImageNet subsets at 128 px with ConvNet-5 (paper Table 2: ipc 1 and 10)."""
   args = parse_arg(arg, ipc=10, source="auto")

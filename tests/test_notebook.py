@@ -78,6 +78,9 @@ def _check_summary(summary: dict) -> None:
   assert summary["psi_ncfd_after"] > 1.1 * summary["psi_ncfd_before"], summary
   assert summary["mean_freq_norm_after"] != pytest.approx(summary["mean_freq_norm_before"],
                                                           rel=0.05), summary
+  # The gradient's temporaries grow with F in one block, and stay flat in blocks.
+  whole, blocks = summary["grad_temp_mb_whole"], summary["grad_temp_mb_blocks"]
+  assert whole[-1] > 8 * whole[0] and blocks[-1] < 1.5 * blocks[0], summary
 
 
 @pytest.mark.slow
@@ -98,8 +101,15 @@ def test_ncfd_tour_on_generated_data(tmp_path):
   _check_summary(summary)
 
 
-def test_notebook_is_stored_without_outputs():
+def test_notebook_is_stored_with_its_outputs():
+  """A reader on the web sees the figures: every code cell ran, in order, in one
+  session (`bash launch/notebook.sh`), and what it stored shows its claims."""
   nb = nbformat.read(NOTEBOOK, as_version=4)
-  for cell in nb.cells:
-    if cell.cell_type == "code":
-      assert not cell.outputs and cell.execution_count is None, cell.source[:60]
+  code = [cell for cell in nb.cells if cell.cell_type == "code"]
+  assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
+  for cell in code:
+    assert cell.outputs, cell.source[:60]
+    assert not any(out.output_type == "error" for out in cell.outputs), cell.source[:60]
+  figures = [out for cell in code for out in cell.outputs if "image/png" in out.get("data", {})]
+  assert len(figures) >= 4  # data, loss curve + images, terms by scale, psi's histogram
+  _check_summary(_stdout_json(code[-1]))
