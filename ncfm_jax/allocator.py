@@ -2,9 +2,8 @@
 
 XLA:CPU allocates every step's large temporary buffers afresh. glibc's malloc
 hands blocks that large straight back to the kernel, so the next step
-page-faults the same memory in again; tcmalloc keeps and reuses it. Measured on
-the 2-core CPU (README "Step benchmark"): cifar10_ipc10 4.3-4.8 -> 3.5 s/step, and
-one ConvNet block's forward+input-gradient on 80 images 165 -> 68 ms.
+page-faults the same memory in again; tcmalloc keeps and reuses it
+(docs/benchmarks.md, "What made the CPU step faster", gives the measurements).
 
 `LD_PRELOAD` only takes effect when a process starts, so `python -m ncfm_jax.main`
 re-executes itself once with it (`reexec_with_tcmalloc`) when it will run on the

@@ -3,8 +3,9 @@
 Every config file is `get_config(arg=None) -> ml_collections.ConfigDict`, in the
 big_vision style: `--config=configs/cifar10.py:ipc=10,quick`. The arg string is
 a comma-separated list of `key=value` pairs and bare flags; unknown keys raise.
-Numbers marked (release) are the authors' PyTorch release defaults; the README
-lists them per paper cell and where we differ on purpose.
+Numbers marked (release) are the authors' PyTorch release defaults;
+tests/test_config.py checks them per paper cell against the release's files, and
+docs/results.md lists where we differ on purpose.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Run the synthetic passes one after another (lax.map) and recompute each in the
   # backward pass: activation memory of one pass instead of all, for large
   # ipc x classes (or image sizes) on small memory; the lax.map backward ran
-  # ~2.5x slower than unrolled passes on XLA:CPU.
+  # slower than unrolled passes on XLA:CPU (docs/design.md section 11).
   config.distill.remat_syn = False
   # Classes per block (0: all classes in one batched forward/backward): the step
   # takes each block's gradient in turn, so only one block's activations exist.
@@ -196,7 +197,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.distill.augment = "color_crop_cutout"
   # Steps run per host call: `lax.scan` over this many steps when use_scan,
   # else a Python loop over a jitted single step. None = scan on GPU/TPU, loop
-  # on CPU, where the scanned step measured 2.3x slower (docs/design.md section 11).
+  # on CPU, where the scanned step is slower (docs/design.md section 11).
   config.distill.steps_per_call = 10
   # With several devices: split the synthetic images by class too (C divisible by
   # the device count); otherwise they are replicated and only real data is split.

@@ -28,7 +28,7 @@ differ only in where the optimizer update happens:
   bounded memory (`block_gradients`, `blocked_step`); pixels clamped after the
   update. A different optimizer trajectory from the release's, not an equivalent.
 
-Differences from the release, on purpose (README, "Differences from the release"):
+Differences from the release, on purpose (docs/results.md, "Differences from the release"):
 psi really ascends (the release's +g/-g cancel); a fresh real batch each step; one
 frequency draw shared by the classes of a step; no weight gradients of the frozen
 extractor; seeded.

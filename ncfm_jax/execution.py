@@ -8,8 +8,7 @@ what a step computes (docs/design.md, "Backend policy"):
   `resolve_syn_chunk`);
 * scan or loop (`resolve_use_scan`): `lax.scan` over the steps of one host
   call on GPU/TPU; on CPU a Python loop of one jitted step, because XLA:CPU runs
-  convolutions inside `lax.scan` slowly (the distillation step 2.3x slower,
-  classifier-training steps 5-25x; docs/design.md section 11);
+  convolutions inside `lax.scan` slowly (docs/design.md section 11);
 * devices (`make_run_steps(..., mesh=...)`): with a mesh the same step runs
   data parallel (the real batch split along B) or class sharded (`sharding`);
 * class blocks (`class_block_size`, `resolve_block_loop`, `make_host_block_step`):
@@ -31,7 +30,7 @@ from ncfm_jax.data import sampling
 
 CPU_PASS_PIXELS = 128 * 32 * 32
 """Pixels per forward pass on CPU: 128 CIFAR-sized images, a cache-sized pass
-(cifar10_ipc10 measured 6.7 -> 5.2 s/step with the real forward in such passes)."""
+(docs/benchmarks.md, "What made the CPU step faster")."""
 
 
 def resolve_use_scan(use_scan: bool | None) -> bool:
@@ -57,8 +56,7 @@ def resolve_real_chunk(real_chunk: int | None, batch_real: int, num_classes: int
   """Real images per class in one forward pass (`lax.map` over passes); 0: all at once.
 
   None picks cache-sized passes on CPU (`CPU_PASS_PIXELS`) and all at once on
-  GPU/TPU (set it there to bound memory: one pass over 100 classes x 256 images
-  peaked at 53 GB).
+  GPU/TPU (the memory planner sets it there when one pass would not fit).
   """
   if real_chunk is not None:
     return int(real_chunk)

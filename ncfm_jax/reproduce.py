@@ -63,7 +63,7 @@ from ncfm_jax.paper import CROSS_ARCHS, DATASETS, num_classes
 
 TABLE = "table.md"
 AS_RELEASED = (
-    # The release's behaviours that the paper configs change on purpose (README,
+    # The release's behaviours that the paper configs change on purpose (docs/results.md,
     # "Differences from the release"), for `--as-released`.
     "--config.distill.sampler=gaussian",  # its yaml: sampling_net False
     "--config.distill.frequency_draw=per_class",  # one draw per class as it loops them

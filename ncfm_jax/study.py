@@ -73,7 +73,7 @@ METHODS = (  # (label, short name, distill overrides)
     ("NCFM w/o psi", "ncfm_nopsi", {"sampler": "gaussian"}),
     ("NCFM", "ncfm", {}),
 )
-# Published Fashion-MNIST anchors of other methods (full budgets, GPU; the README
+# Published Fashion-MNIST anchors of other methods (full budgets, GPU; docs/results.md
 # names the sources).
 PUBLISHED = {"random real": {1: 51.4, 10: 73.8, 50: 82.5},
              "DC": {1: 70.5, 10: 82.3, 50: 83.6},

@@ -1,11 +1,11 @@
-"""Micro-benchmarks: ``python -m ncfm_jax.bench {ncfd,step,scaling} [--json PATH]``.
+"""Benchmarks: ``python -m ncfm_jax.bench {ncfd,step,scaling,memory,norm,blocks} [--json PATH]``.
 
-One module per subcommand (`ncfd`, `step`, `scaling`), each with
+One module per subcommand (`ncfd`, `step`, `scaling`, `memory`, `norm`, `blocks`), each with
 ``add_arguments(parser)`` and ``run_from_args(args) -> list[dict]``; the
 command line (``__main__``) imports only the one asked for. What they share
 (environment, timing, child processes, memory, tables, the library's run
 functions) is in `common`. The measured figures and the commands that
-reproduce them are in the README.
+reproduce them are in docs/benchmarks.md.
 """
 
 

@@ -190,7 +190,7 @@ def temp_factor(backend: str | None = None) -> int:
 
   tcmalloc keeps a freed temporary buffer mapped and the next call of the same
   piece maps another; glibc's malloc returns it, and maps it afresh (slower) every
-  call. README, "Memory plans", gives the measurement.
+  call. docs/benchmarks.md, "Memory plan", gives the measurement.
   """
   if (backend or jax.default_backend()) != "cpu":
     return 1
