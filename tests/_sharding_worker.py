@@ -53,6 +53,17 @@ def main(out_path: str) -> None:
     out[name + "images_spec"] = np.asarray(str(new_state.syn_images.sharding.spec))
     mu = new_state.image_opt_state[0][0].mu
     out[name + "mu_spec"] = np.asarray(str(mu.sharding.spec))
+  # The release's per-class update: a host loop of pieces on one device, one jitted
+  # step (classes in lax.scan) on the mesh.
+  pc_cfg = _tiny.config(update_mode="per_class", calibration_mode="separate")
+  pc = _tiny.setup(pc_cfg)
+  pc_state, pc_metrics = execution.make_run_steps(pc.step, pc_cfg, NUM_STEPS).run(
+      copy(pc.state), pc.pool, pc.data)
+  out.update(_tiny.results("pc_single_", pc_state, pc_metrics))
+  pc_state, pc_metrics = execution.make_run_steps(pc.step, pc_cfg, NUM_STEPS, mesh=mesh).run(
+      sharding.shard_state(copy(pc.state), mesh, False), sharding.replicate(pc.pool, mesh),
+      sharding.replicate(pc.data, mesh))
+  out.update(_tiny.results("pc_dp_", sharding.to_host(pc_state), pc_metrics))
   try:
     execution.make_run_steps(step, _tiny.config(batch_real=6), NUM_STEPS, mesh=mesh)
   except ValueError as err:

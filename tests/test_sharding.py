@@ -35,6 +35,15 @@ def test_sharded_step_equals_single_device(four_devices, layout):
   np.testing.assert_allclose(r[f"{layout}_psi"], r["single_psi"], rtol=1e-4, atol=1e-4)
 
 
+def test_per_class_update_on_four_devices_equals_one_device(four_devices):
+  r = four_devices
+  assert int(r["pc_dp_step"]) == int(r["pc_single_step"]) == 2
+  np.testing.assert_allclose(r["pc_dp_loss"], r["pc_single_loss"], rtol=1e-5)
+  np.testing.assert_allclose(r["pc_dp_images"], r["pc_single_images"], atol=1e-5)
+  np.testing.assert_allclose(r["pc_dp_psi"], r["pc_single_psi"], rtol=1e-3, atol=1e-4)
+  assert np.max(np.abs(r["pc_single_images"] - r["single_images"])) > 1e-3  # not batched
+
+
 def test_layouts_place_the_synthetic_set_as_asked(four_devices):
   r = four_devices
   assert str(r["dp_images_spec"]) == str(r["dp_mu_spec"]) == "P()"
