@@ -143,11 +143,13 @@ def flops_per_step(workload: Workload, steps_per_call: int, use_scan: bool,
   no extra compile. The single step is analysed because a scan's (or a
   ``lax.map``'s) body is counted once: the step is built unchunked, all classes in
   one step and without ``remat_syn``'s recomputation (not useful work) to count the
-  same math whatever the plan.
+  same math whatever the plan. The per-class update is counted as the batched step
+  with the same calibration (the same passes; it adds C optimizer updates of the
+  images, elementwise work the count leaves out).
   """
   unchunked = distill_config(workload, steps_per_call=steps_per_call, use_scan=use_scan,
                              **dict(overrides, real_chunk=0, syn_chunk=0, freq_chunk=None,
-                                    remat_syn=False, class_block=0))
+                                    remat_syn=False, class_block=0, update_mode="batched"))
   *_, plain_step = setup(workload, unchunked)
   step = execution.make_run_steps(plain_step, unchunked, 1).jitted(state, data, single_step=True)
   cost = step.lower(state, pool, data).cost_analysis()
