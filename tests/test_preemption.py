@@ -128,10 +128,11 @@ def test_a_failed_json_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path
 def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(
     straight_run, separable_idx_dir, tmp_path_factory):
   """launch/local_multi_process.sh runs tests/_preempt_worker.py twice (the CLI's
-  distillation, from the uninterrupted run's pool, one step per call, with a hook
-  that SIGTERMs process 1 after step 1): both processes stop at the same step (the
-  first that JAX's preemption service agrees on), say so in one line without a
-  traceback, and a re-run finishes where an uninterrupted 2-process run does."""
+  distillation, from the uninterrupted run's pool, 16 steps of one per call, with a
+  hook that SIGTERMs process 1 after step 1): both processes stop at the same step
+  (the first that JAX's preemption service agrees on, a few steps later), say so in
+  one line without a traceback, and a re-run finishes where an uninterrupted
+  2-process run does."""
   pooled, _ = straight_run
   runs = tmp_path_factory.mktemp("two")
   env = _spawn.worker_env(_spawn.cache_dir(tmp_path_factory))
@@ -141,8 +142,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(
     if not (runs / name).exists():
       shutil.copytree(pooled / "pool", runs / name / "pool")
     worker = [sys.executable, os.path.join(_spawn.TESTS, "_preempt_worker.py"),
-              str(runs / name), str(separable_idx_dir), hook,
-              "--config.distill.steps_per_call=1"]
+              str(runs / name), str(separable_idx_dir), hook, "--config.distill.steps=16",
+              "--config.distill.steps_per_call=1", "--config.distill.checkpoint_every=8"]
     return _spawn.run(["bash", launcher, "2", *worker],
                       dict(env, NCFM_PORT=str(_spawn.free_port())), check=check)
 
@@ -152,7 +153,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(
   lines = [l for l in stopped.stderr.splitlines() if l.startswith("[stop] stopped by")]
   assert len(lines) == 2 and lines[0] == lines[1], stopped.stderr
   step = int(lines[0].split("distillation at step ")[1].split("/")[0])
-  assert 1 < step < 6 and str(step) in os.listdir(runs / "stopped" / "distill_ckpt"), lines[0]
+  assert 1 < step < 16 and str(step) in os.listdir(runs / "stopped" / "distill_ckpt"), lines[0]
   two_processes("stopped", "none")
   two_processes("straight", "none")
   np.testing.assert_array_equal(np.load(runs / "stopped" / "distilled.npz")["images"],

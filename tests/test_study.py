@@ -27,9 +27,9 @@ def test_plan_merges_cells_that_distil_the_same_thing():
   cells, rows = study.plan(study.GROUPS, [1, 10, 50], DEFAULTS)
   names = [c.name for c in cells]
   # alpha 0.5, F 4096 and the plateau/release defaults are ipc10_ncfm; psi off is
-  # ipc10_ncfm_nopsi: plateau and release add two cells each; the update group three
-  # (the preset's lr is 1e-2, none of them).
-  assert len(names) == len(set(names)) == 9 + 4 + 4 + 2 + 2 + 3
+  # ipc10_ncfm_nopsi: plateau and release add two cells each; the update group two
+  # (its batched update at lr 1e-2 is the preset's: ipc10_ncfm).
+  assert len(names) == len(set(names)) == 9 + 4 + 4 + 2 + 2 + 2
   by_name = {c.name: c for c in cells}
   assert {l: n for l, n, _ in rows["alpha"]}["alpha 0.5, beta 0.5"] == "ipc10_ncfm"
   assert dict((label, name) for label, name, _ in rows["freqs"])["F 4096"] == "ipc10_ncfm"
