@@ -300,8 +300,8 @@ def summary_table(metrics: dict) -> str:
   archs = sorted({a for s in EVAL_SOURCES.values() for a in metrics.get(s, {})})
   if not archs:
     return ""
-  lines = ["Test accuracy (%): final, mean +- std over runs; in brackets the best over "
-           "each run's checkpoints (the release's statistic, selected on the test set).",
+  lines = ["Test accuracy (%): final, mean +- std over runs; then the mean of each run's "
+           "best checkpoint (the release's statistic, selected on the test set).",
            "",
            "| arch | NCFM distilled | random real (baseline) | initial set (baseline) |",
            "| --- | --- | --- | --- |"]
