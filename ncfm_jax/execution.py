@@ -263,8 +263,8 @@ def make_run_steps(distill_step, distill_config, num_steps: int, *,
   use_scan = resolve_use_scan(distill_config.use_scan)
   unroll = int(distill_config.unroll)
   blocks = getattr(distill_step, "blocks", None)
-  distill_step = getattr(distill_step, "step", distill_step)
   classes = getattr(distill_step, "classes", None)
+  distill_step = getattr(distill_step, "step", distill_step)
   per_class = update_mode(distill_config) == "per_class"
   # The per-class iteration is blocks of one class by construction.
   requested_block = 0 if per_class else int(distill_config.get("class_block") or 0)

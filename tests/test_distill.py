@@ -443,3 +443,14 @@ def test_the_batched_step_is_what_it_was_before_it_became_module_functions(case)
     np.testing.assert_array_equal(np.asarray(state.syn_images), want)
   else:
     np.testing.assert_allclose(np.asarray(state.syn_images), want, atol=1e-6)
+
+
+def test_the_per_class_update_on_the_host_runs_class_pieces():
+  """block_loop="host" (CPU's default) runs `execution.make_host_class_step`, one jitted
+  piece per class update, not the classes' `lax.scan`."""
+  cfg = _config(update_mode="per_class", block_loop="host")
+  tiny = _tiny.setup(cfg)
+  with pytest.raises(ValueError, match="from the host"):
+    execution.make_run_steps(tiny.step, cfg, 1).jitted(tiny.state, tiny.data)
+  scanned = execution.make_run_steps(tiny.step, _config(**dict(cfg, block_loop="scan")), 1)
+  assert callable(scanned.jitted(tiny.state, tiny.data))
