@@ -7,6 +7,11 @@
 set -euo pipefail
 EXTRAS="test" source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+# The tests' programs are tiny and compiled once each: XLA's backend optimisations
+# cost more compile time than they save (the suite 626 -> 484 s on 2 cores, 3 workers
+# 657 s, 2026-12-07). The workers the tests start get the same flag, except the two
+# results whose bits depend on it (tests/_default_flags_worker.py).
+export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_backend_optimization_level=0"
 WORKERS="${NCFM_TEST_WORKERS:-2}"
 PARALLEL=()
 [ "$WORKERS" = 0 ] || PARALLEL=(-n "$WORKERS" --dist loadfile)

@@ -3,6 +3,9 @@
 import os
 import socket
 import subprocess
+import sys
+
+import numpy as np
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -54,3 +57,14 @@ def cache_dir(tmp_path_factory) -> str:
   path = tmp_path_factory.getbasetemp() / "jax_compilation_cache"
   path.mkdir(exist_ok=True)
   return str(path)
+
+
+def default_flags_results(what: str, tmp_path_factory) -> dict:
+  """What tests/_default_flags_worker.py computes for `what`, in a process with XLA's
+  default flags (none of this process's XLA_FLAGS)."""
+  out = tmp_path_factory.mktemp(what) / "out.npz"
+  env = worker_env(cache_dir(tmp_path_factory))
+  env.pop("XLA_FLAGS")
+  run([sys.executable, os.path.join(TESTS, "_default_flags_worker.py"), what, str(out)], env)
+  with np.load(out) as results:
+    return dict(results)

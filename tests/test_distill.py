@@ -9,6 +9,8 @@ import numpy as np
 import optax
 import pytest
 
+import _default_flags_worker
+import _spawn
 import _tiny
 from ncfm_jax import config_lib
 from ncfm_jax import distill
@@ -413,9 +415,6 @@ def test_per_class_update_moves_every_class_at_every_class_step():
 
 
 _GOLDEN = os.path.join(os.path.dirname(__file__), "data", "batched_step_golden.npz")
-_GOLDEN_CASES = {"psi": {}, "separate": dict(calibration_mode="separate"),
-                 "blocks_host": dict(class_block=2, block_loop="host"),
-                 "mmd": dict(loss="mmd")}
 
 
 def _recorded_here(recorded: dict) -> bool:
@@ -428,21 +427,24 @@ def _recorded_here(recorded: dict) -> bool:
   return recorded["jax"] == jax.__version__ and recorded["cpu"] == cpu
 
 
-@pytest.mark.parametrize("case", sorted(_GOLDEN_CASES))
-def test_the_batched_step_is_what_it_was_before_it_became_module_functions(case):
+@pytest.fixture(scope="module")
+def golden_run(tmp_path_factory):
+  """The recorded variants run now, compiled with XLA's default flags as recorded."""
+  return _spawn.default_flags_results("golden", tmp_path_factory)
+
+
+@pytest.mark.parametrize("case", sorted(_default_flags_worker.GOLDEN_CASES))
+def test_the_batched_step_is_what_it_was_before_it_became_module_functions(golden_run, case):
   """tests/data/batched_step_golden.npz: the images after 3 steps of the batched step's
   variants, recorded with the closure-factory distill.py (commit 2d73e23). Bitwise
   equal where recorded (same jax, same CPU model), within 1e-6 elsewhere."""
   golden = np.load(_GOLDEN)
   recorded = json.loads(str(golden["recorded"]))
-  cfg = _tiny.config(**_GOLDEN_CASES[case])
-  tiny = _tiny.setup(cfg)
-  state, _ = execution.make_run_steps(tiny.step, cfg, 3).run(tiny.state, tiny.pool, tiny.data)
-  want = golden[f"{case}_images"]
+  got, want = golden_run[f"{case}_images"], golden[f"{case}_images"]
   if _recorded_here(recorded):
-    np.testing.assert_array_equal(np.asarray(state.syn_images), want)
+    np.testing.assert_array_equal(got, want)
   else:
-    np.testing.assert_allclose(np.asarray(state.syn_images), want, atol=1e-6)
+    np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def test_the_per_class_update_on_the_host_runs_class_pieces():
