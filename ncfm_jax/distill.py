@@ -382,7 +382,7 @@ def _member(pool: Pool, key: jax.Array):
 
 def _frequencies_per_class(cfg) -> bool:
   """The per-class update draws t inside each class (psi moves between classes)."""
-  return cfg.loss == "ncfd" and cfg.get("update_mode", "batched") == "per_class" and (
+  return cfg.loss == "ncfd" and execution.update_mode(cfg) == "per_class" and (
       uses_psi(cfg) or cfg.get("frequency_draw", "shared") == "per_class")
 
 
@@ -742,7 +742,7 @@ class DistillStep(NamedTuple):
 def make_distill_step(model, distill_config, mean, std, feature_dim: int) -> DistillStep:
   """The pure, jittable step for `model`'s features; every number it uses comes
   from `distill_config`."""
-  update = distill_config.get("update_mode", "batched")
+  update = execution.update_mode(distill_config)
   if update not in UPDATES:
     raise ValueError(f"distill.update_mode must be one of {UPDATES}, got {update!r}")
   ctx = StepContext(model, distill_config, mean, std, feature_dim)

@@ -274,11 +274,11 @@ def make_run_steps(distill_step, distill_config, num_steps: int, *,
     raise ValueError(f"distill.class_block={requested_block} needs the DistillStep of "
                      "distill.make_distill_step (its blocks), not a bare step function")
   if per_class and classes is not None and block_loop == "host" and mesh is None:
-    return _host_run_steps(lambda classes_: make_host_class_step(classes, batch_real, fixed),
+    return _host_run_steps(lambda num_classes: make_host_class_step(classes, batch_real, fixed),
                            num_steps)
   if requested_block and blocks is not None and block_loop == "host" and mesh is None:
-    return _host_run_steps(lambda classes_: make_host_block_step(
-        blocks, batch_real, class_block_size(distill_config, classes_), fixed), num_steps)
+    return _host_run_steps(lambda num_classes: make_host_block_step(
+        blocks, batch_real, class_block_size(distill_config, num_classes), fixed), num_steps)
   if requested_block and blocks is not None:
     def distill_step(state, pool, real_batch, batched=distill_step):  # pylint: disable=function-redefined
       size = class_block_size(distill_config, state.syn_images.shape[0])
